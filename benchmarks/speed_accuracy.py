@@ -1,0 +1,211 @@
+"""Benchmark: words/s, accuracy and speed-up of early exit on a dev corpus.
+
+Runs every setting side by side in one process, interleaved, several
+repetitions, and reports medians: words/s of nlp.pipe, the task score, mean
+exit layer, analytic FLOPs speed-up, wall-clock speed-up over exit_mode "off"
+and the ratio wall / FLOPs. Optionally times a plain spacy-transformers
+pipeline (transformer + tagger with a TransformerListener) on the same
+backbone as a throughput reference.
+
+    python benchmarks/speed_accuracy.py PIPELINE DEV.spacy --out benchmarks/results/pos_ewt
+"""
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import spacy
+import torch
+from spacy.tokens import Doc, DocBin
+from spacy.training import Example
+
+COMPONENT = "earlyexit_tagger"
+
+DEFAULT_GRID = [
+    {"exit_mode": "off"},
+    {"exit_mode": "sentence", "threshold": 0.05},
+    {"exit_mode": "sentence", "threshold": 0.1},
+    {"exit_mode": "sentence", "threshold": 0.2},
+    {"exit_mode": "token", "threshold": 0.05, "window": 0},
+    {"exit_mode": "token", "threshold": 0.1, "window": 0},
+    {"exit_mode": "token", "threshold": 0.2, "window": 0},
+    {"exit_mode": "token", "threshold": 0.3, "window": 0},
+    {"exit_mode": "token", "threshold": 0.1, "window": 1},
+    {"exit_mode": "token", "threshold": 0.2, "window": 1},
+    {"exit_mode": "token", "threshold": 0.3, "window": 1},
+    {"exit_mode": "token", "threshold": 0.4, "window": 1},
+    {"exit_mode": "token", "threshold": 0.2, "window": 2},
+]
+
+
+def setting_name(setting: Dict[str, Any]) -> str:
+    if setting["exit_mode"] == "off":
+        return "off"
+    name = f"{setting['exit_mode']} t={setting['threshold']}"
+    if setting["exit_mode"] == "token":
+        name += f" k={setting['window']}"
+    return name
+
+
+def fresh_docs(nlp, gold_docs: List[Doc]) -> List[Doc]:
+    """Unannotated docs with the gold tokenization."""
+    return [Doc(nlp.vocab, words=[t.text for t in d], spaces=[bool(t.whitespace_) for t in d]) for d in gold_docs]
+
+
+def time_pipe(nlp, docs: List[Doc], batch_size: int, component_cfg=None) -> float:
+    start = time.perf_counter()
+    for _ in nlp.pipe(docs, batch_size=batch_size, component_cfg=component_cfg):
+        pass
+    return time.perf_counter() - start
+
+
+def build_reference(backbone: str, labels: List[str], task: str):
+    """A plain spacy-transformers pipeline on the same backbone (untrained
+    heads: throughput only)."""
+    from spacy.lang.en import English
+
+    nlp = English()
+    nlp.add_pipe(
+        "transformer",
+        config={
+            "model": {
+                "@architectures": "spacy-transformers.TransformerModel.v3",
+                "name": backbone,
+                "tokenizer_config": {"use_fast": True},
+                "get_spans": {"@span_getters": "spacy-transformers.strided_spans.v1", "window": 128, "stride": 96},
+            }
+        },
+    )
+    tagger = nlp.add_pipe(
+        "tagger",
+        config={
+            "model": {
+                "@architectures": "spacy.Tagger.v2",
+                "tok2vec": {
+                    "@architectures": "spacy-transformers.TransformerListener.v1",
+                    "grad_factor": 1.0,
+                    "pooling": {"@layers": "reduce_mean.v1"},
+                },
+            }
+        },
+    )
+    for label in labels:
+        tagger.add_label(label)
+    nlp.initialize()
+    return nlp
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("pipeline")
+    parser.add_argument("dev", help=".spacy file with gold annotation")
+    parser.add_argument("--out", default="benchmarks/results/speed_accuracy")
+    parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--limit", type=int, default=0, help="use only the first N docs")
+    parser.add_argument("--grid", default=None, help="JSON list of settings (default: built-in grid)")
+    parser.add_argument("--reference-backbone", default=None, help="also time spacy-transformers on this backbone")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    nlp = spacy.load(args.pipeline)
+    tagger = nlp.get_pipe(COMPONENT)
+    tagger.cfg["score_layers"] = False  # per-off-ramp scores are not needed here
+    gold_docs = list(DocBin().from_disk(args.dev).get_docs(nlp.vocab))
+    if args.limit:
+        gold_docs = gold_docs[: args.limit]
+    n_words = sum(len(d) for d in gold_docs)
+    grid = json.loads(args.grid) if args.grid else DEFAULT_GRID
+    key = tagger.task.score_keys[0]
+    print(f"{len(gold_docs)} docs, {n_words} words, torch threads {torch.get_num_threads()}")
+
+    # accuracy, exit statistics (deterministic: one pass each)
+    rows: Dict[str, Dict[str, Any]] = {}
+    for setting in grid:
+        name = setting_name(setting)
+        examples = [Example(doc, gold) for doc, gold in zip(fresh_docs(nlp, gold_docs), gold_docs)]
+        scores = nlp.evaluate(examples, batch_size=args.batch_size, component_cfg={COMPONENT: setting})
+        rows[name] = {
+            "setting": setting,
+            key: scores.get(key),
+            "exit_layer_mean": scores.get("exit_layer_mean"),
+            "flops_speedup": scores.get("flops_speedup"),
+            "seconds": [],
+        }
+        print(f"{name:22s} {key}={scores.get(key):.4f} exit={scores.get('exit_layer_mean'):.2f} "
+              f"flops_x={scores.get('flops_speedup'):.2f}")
+    reference = None
+    if args.reference_backbone:
+        labels = sorted({getattr(t, "tag_") for d in gold_docs for t in d} - {""})
+        reference = build_reference(args.reference_backbone, labels, tagger.task.name)
+        rows["spacy-transformers"] = {"setting": None, "seconds": []}
+
+    # timing: interleaved repetitions
+    docs = fresh_docs(nlp, gold_docs)
+    time_pipe(nlp, docs[:200], args.batch_size)  # warm-up
+    for repetition in range(args.repetitions):
+        for setting in grid:
+            seconds = time_pipe(nlp, fresh_docs(nlp, gold_docs), args.batch_size, {COMPONENT: setting})
+            rows[setting_name(setting)]["seconds"].append(seconds)
+        if reference is not None:
+            rows["spacy-transformers"]["seconds"].append(
+                time_pipe(reference, fresh_docs(reference, gold_docs), args.batch_size)
+            )
+        print(f"repetition {repetition + 1}/{args.repetitions} done")
+    base = statistics.median(rows["off"]["seconds"]) if "off" in rows else None
+    for row in rows.values():
+        median = statistics.median(row["seconds"])
+        row["words_per_second"] = n_words / median
+        row["wall_speedup"] = base / median if base else None
+        flops = row.get("flops_speedup")
+        row["wall_over_flops"] = row["wall_speedup"] / flops if (flops and row["wall_speedup"]) else None
+
+    result = {
+        "pipeline": str(args.pipeline),
+        "dev": str(args.dev),
+        "n_docs": len(gold_docs),
+        "n_words": n_words,
+        "repetitions": args.repetitions,
+        "batch_size": args.batch_size,
+        "torch_threads": torch.get_num_threads(),
+        "score_key": key,
+        "rows": rows,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    table = markdown_table(result)
+    out.with_suffix(".md").write_text(table + "\n")
+    print(table)
+    return result
+
+
+def markdown_table(result: Dict[str, Any]) -> str:
+    key = result["score_key"]
+    off = result["rows"].get("off", {}).get(key)
+    lines = [
+        f"| setting | {key} | Δ vs off (points) | mean exit layer | FLOPs speed-up | words/s | wall speed-up | wall / FLOPs |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def fmt(value, pattern):
+        return pattern.format(value) if value is not None else "–"
+
+    for name, row in result["rows"].items():
+        score = row.get(key)
+        delta = (score - off) * 100 if (score is not None and off is not None) else None
+        lines.append(
+            f"| {name} | {fmt(score and score * 100, '{:.2f}')} | {fmt(delta, '{:+.2f}')} | "
+            f"{fmt(row.get('exit_layer_mean'), '{:.2f}')} | {fmt(row.get('flops_speedup'), '{:.2f}x')} | "
+            f"{row['words_per_second']:.0f} | {fmt(row.get('wall_speedup'), '{:.2f}x')} | "
+            f"{fmt(row.get('wall_over_flops'), '{:.2f}')} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

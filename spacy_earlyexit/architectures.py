@@ -1,0 +1,65 @@
+"""Registered architectures and settings blocks (versioned; never edit a
+released version, add a new one)."""
+from typing import Any, Dict, List, Optional, Tuple
+
+from spacy.util import registry
+
+from .layers.early_exit_transformer import EarlyExitTransformerModel
+from .layers.wordpieces import SpanGetter
+from .model.self_sampling import SelfSampling
+
+
+@registry.architectures("spacy_earlyexit.EarlyExitTransformer.v1")
+def EarlyExitTransformer_v1(
+    name: str,
+    get_spans: SpanGetter,
+    tokenizer_config: Dict[str, Any] = {},
+    transformer_config: Dict[str, Any] = {},
+    offramp_dropout: float = 0.1,
+    encoder_learn_rate_scale: float = 0.1,
+    freeze_encoder: bool = False,
+    span_batch_size: int = 64,
+    nO: Optional[int] = None,
+):
+    """A BERT-family encoder with an off-ramp (dropout + linear) on every layer.
+
+    name: Hugging Face hub name or local folder of the encoder.
+    get_spans: a span getter (e.g. spacy-transformers.strided_spans.v1); spans
+        longer than the encoder's maximum are split further, never truncated.
+    tokenizer_config / transformer_config: extra keyword arguments for
+        AutoTokenizer / AutoModel.from_pretrained (remote code is refused).
+    offramp_dropout: dropout before each off-ramp's linear layer.
+    encoder_learn_rate_scale: the encoder's learning rate as a multiple of the
+        optimizer's (the off-ramps use the optimizer's rate as it is).
+    freeze_encoder: train the off-ramps only (two-stage variant).
+    span_batch_size: spans per encoder batch at inference (sorted by length).
+    """
+    return EarlyExitTransformerModel(
+        name=name,
+        get_spans=get_spans,
+        tokenizer_config=tokenizer_config,
+        transformer_config=transformer_config,
+        offramp_dropout=offramp_dropout,
+        encoder_learn_rate_scale=encoder_learn_rate_scale,
+        freeze_encoder=freeze_encoder,
+        span_batch_size=span_batch_size,
+        nO=nO,
+    )
+
+
+@registry.misc("spacy_earlyexit.SelfSampling.v1")
+def make_self_sampling_v1(
+    window_range: List[int] = [0, 2],
+    threshold_range: List[float] = [0.0, 0.5],
+    full_depth_share: float = 0.1,
+    aggressive_share: float = 0.1,
+    window_includes_exited: bool = False,
+) -> SelfSampling:
+    """Self-sampling fine-tuning settings (see METHOD.md, Training)."""
+    return SelfSampling(
+        window_range=tuple(window_range),
+        threshold_range=tuple(threshold_range),
+        full_depth_share=full_depth_share,
+        aggressive_share=aggressive_share,
+        window_includes_exited=window_includes_exited,
+    )

@@ -1,0 +1,35 @@
+"""Custom attributes: Token._.exit_layer, Doc._.exit_layers, Doc._.early_exit.
+
+Values live in doc.user_data, so they survive doc.to_bytes(),
+DocBin(store_user_data=True) and nlp.pipe(..., n_process=2).
+"""
+from typing import Any, Dict, List, Optional
+
+from spacy.tokens import Doc, Token
+
+
+def _doc_exit_layers(doc: Doc) -> List[Optional[int]]:
+    return [token._.exit_layer for token in doc]
+
+
+def register_extensions() -> None:
+    """Register the attributes once (safe to call again)."""
+    if not Token.has_extension("exit_layer"):
+        Token.set_extension("exit_layer", default=None)
+    if not Doc.has_extension("exit_layers"):
+        Doc.set_extension("exit_layers", getter=_doc_exit_layers)
+    if not Doc.has_extension("early_exit"):
+        Doc.set_extension("early_exit", default=None)
+
+
+def exit_summary(exit_layers: List[int], cost: float, full_cost: float) -> Dict[str, Any]:
+    """Doc._.early_exit: mean exit layer and analytic speed-up of one doc.
+
+    cost, full_cost: multiply-adds with early exit and at full depth.
+    """
+    return {
+        "exit_layer_mean": sum(exit_layers) / len(exit_layers) if exit_layers else 0.0,
+        "flops": cost,
+        "flops_full": full_cost,
+        "flops_speedup": full_cost / cost if cost > 0 else 1.0,
+    }

@@ -1,0 +1,20 @@
+"""The torch side of spacy-earlyexit: encoder, exit rule, packed layers, cost model.
+
+Nothing in this package imports spaCy.
+"""
+from .cost_model import EncoderShape, span_cost
+from .encoder import EarlyExitEncoder, EncoderBatch, EncoderOutput
+from .exit_settings import EXIT_MODES, EXIT_SETTING_NAMES, ExitSettings
+from .uncertainty import normalized_entropy
+
+__all__ = [
+    "EarlyExitEncoder",
+    "EncoderBatch",
+    "EncoderOutput",
+    "EncoderShape",
+    "ExitSettings",
+    "EXIT_MODES",
+    "EXIT_SETTING_NAMES",
+    "normalized_entropy",
+    "span_cost",
+]

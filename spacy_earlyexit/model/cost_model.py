@@ -1,0 +1,58 @@
+"""Analytic cost (multiply-adds) of an early-exit forward pass.
+
+Per layer, for a span that is still running with m real word pieces of which
+n are active: K/V projections for all m pieces (2 d^2 each: exited pieces
+still serve as keys and values), Q and attention output for the n active
+pieces (2 d^2), the feed-forward block (2 d d_ff), attention scores and the
+weighted sum (2 n m d), and the off-ramp on each active word (d C).
+"""
+from dataclasses import dataclass
+from typing import Sequence, Tuple
+
+import numpy
+
+
+@dataclass(frozen=True)
+class EncoderShape:
+    """The sizes that set the cost of one encoder layer."""
+
+    n_layers: int
+    hidden_size: int
+    intermediate_size: int
+    n_classes: int
+
+
+def span_cost(
+    shape: EncoderShape,
+    word_pieces: Sequence[int],
+    n_other_pieces: int,
+    exit_layers: Sequence[int],
+) -> Tuple[float, float]:
+    """Multiply-adds of one span with and without early exit.
+
+    word_pieces: [W] word pieces owned by each word of the span.
+    n_other_pieces: pieces that belong to no word ([CLS], [SEP], unaligned).
+    exit_layers: [W] 1-based exit layer of each word.
+    Returns (cost with early exit, cost at full depth).
+    """
+    pieces = numpy.asarray(word_pieces, dtype="float64")
+    exits = numpy.asarray(exit_layers, dtype="int64")
+    d, d_ff, n_classes = shape.hidden_size, shape.intermediate_size, shape.n_classes
+    n_layers = shape.n_layers
+    total = float(pieces.sum()) + n_other_pieces
+    per_active_piece = 2 * d * d + 2 * d * d_ff + 2 * total * d
+    full = n_layers * (total * 2 * d * d + total * per_active_piece + len(pieces) * d * n_classes)
+    if len(pieces) == 0:
+        return 0.0, 0.0
+    layers = numpy.arange(1, n_layers + 1)
+    # active[l, w]: word w still computed at layer l
+    active = exits[None, :] >= layers[:, None]
+    running = active.any(axis=1)
+    active_pieces = (active * pieces[None, :]).sum(axis=1) + n_other_pieces * running
+    active_words = active.sum(axis=1)
+    cost = (
+        running * total * 2 * d * d
+        + active_pieces * per_active_piece
+        + active_words * d * n_classes
+    ).sum()
+    return float(cost), float(full)

@@ -1,0 +1,110 @@
+"""Run-time early-exit settings: which exit rule, its threshold and window.
+
+These settings are the speed/accuracy dial. They are plain data, validated on
+construction, and know nothing of spaCy.
+"""
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Dict, List, Optional, Tuple
+
+EXIT_MODES: Tuple[str, ...] = ("off", "sentence", "token")
+SENTENCE_SCORES: Tuple[str, ...] = ("max", "mean")
+
+
+@dataclass(frozen=True)
+class ExitSettings:
+    """How tokens and sentences leave the encoder early.
+
+    exit_mode: "off" (full depth), "sentence" (SENTEE: a whole sentence exits
+        when its score is below the threshold) or "token" (TOKEE: a token exits
+        when the maximum uncertainty in its window is below the threshold).
+    threshold: normalised entropy in [0, 1]. A score below it exits; 1.0 means
+        every token exits at the first layer, 0.0 means nothing exits early.
+    window: half-width k >= 0 of the token window [i-k, i+k] (token mode).
+    window_includes_exited: whether tokens that already exited still count in
+        their neighbours' windows with their frozen uncertainty. With a
+        constant threshold this never changes a decision (an exited token's
+        uncertainty was already below the threshold); it matters only with
+        `threshold_multipliers`.
+    threshold_multipliers: optional per-layer factors, one per encoder layer:
+        the threshold at layer l is min(1, threshold * threshold_multipliers[l]).
+        None means the same threshold at every layer.
+    sentence_score: how a sentence's token uncertainties are pooled in
+        sentence mode: "max" or "mean".
+    """
+
+    exit_mode: str = "off"
+    threshold: float = 0.1
+    window: int = 0
+    window_includes_exited: bool = False
+    threshold_multipliers: Optional[Tuple[float, ...]] = None
+    sentence_score: str = "max"
+
+    def __post_init__(self) -> None:
+        if self.exit_mode not in EXIT_MODES:
+            raise ValueError(
+                f"exit_mode must be one of {', '.join(EXIT_MODES)}; got {self.exit_mode!r}"
+            )
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)):
+            raise ValueError(f"threshold must be a number in [0, 1]; got {self.threshold!r}")
+        if not 0.0 <= float(self.threshold) <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1]; got {self.threshold!r}")
+        object.__setattr__(self, "threshold", float(self.threshold))
+        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 0:
+            raise ValueError(f"window must be an integer >= 0; got {self.window!r}")
+        if not isinstance(self.window_includes_exited, bool):
+            raise ValueError(
+                f"window_includes_exited must be true or false; got {self.window_includes_exited!r}"
+            )
+        if self.sentence_score not in SENTENCE_SCORES:
+            raise ValueError(
+                f"sentence_score must be one of {', '.join(SENTENCE_SCORES)}; "
+                f"got {self.sentence_score!r}"
+            )
+        if self.threshold_multipliers is not None:
+            multipliers = tuple(self.threshold_multipliers)
+            if not multipliers or any(
+                isinstance(m, bool) or not isinstance(m, (int, float)) or m < 0
+                for m in multipliers
+            ):
+                raise ValueError(
+                    "threshold_multipliers must be a non-empty list of numbers >= 0 "
+                    f"(one per encoder layer); got {self.threshold_multipliers!r}"
+                )
+            object.__setattr__(self, "threshold_multipliers", tuple(float(m) for m in multipliers))
+
+    def layer_thresholds(self, n_layers: int) -> List[float]:
+        """The threshold used at each of the encoder's `n_layers` layers."""
+        if self.threshold_multipliers is None:
+            return [self.threshold] * n_layers
+        if len(self.threshold_multipliers) != n_layers:
+            raise ValueError(
+                f"threshold_multipliers has {len(self.threshold_multipliers)} entries but "
+                f"the encoder has {n_layers} layers"
+            )
+        return [min(1.0, self.threshold * m) for m in self.threshold_multipliers]
+
+    def updated(self, **changes: Any) -> "ExitSettings":
+        """A validated copy with some settings changed; unknown names raise."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown exit setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        if changes.get("threshold_multipliers") is not None:
+            changes["threshold_multipliers"] = tuple(changes["threshold_multipliers"])
+        return replace(self, **changes)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A JSON/msgpack-friendly dict (lists, not tuples)."""
+        data = asdict(self)
+        if data["threshold_multipliers"] is not None:
+            data["threshold_multipliers"] = list(data["threshold_multipliers"])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "ExitSettings":
+        return cls().updated(**data)
+
+
+EXIT_SETTING_NAMES: Tuple[str, ...] = tuple(f.name for f in fields(ExitSettings))

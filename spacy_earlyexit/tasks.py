@@ -1,0 +1,189 @@
+"""Tasks: how gold annotation becomes per-token classes and predictions become
+annotation. A task knows nothing of the model; the component picks one by name.
+
+Every task maps a doc to one class per token, so that adding a task (Chinese
+word segmentation, say) touches only this registry.
+"""
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+
+from spacy.parts_of_speech import IDS as POS_IDS
+from spacy.scorer import Scorer, get_ner_prf
+from spacy.tokens import Doc, Span
+from spacy.training import Example
+
+TASKS: Dict[str, "Task"] = {}
+
+
+def register_task(task: "Task") -> "Task":
+    """Make a task available under task.name (used by the factory's `task`)."""
+    TASKS[task.name] = task
+    return task
+
+
+def get_task(name: str) -> "Task":
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose one of: {', '.join(sorted(TASKS))}")
+    return TASKS[name]
+
+
+class Task:
+    """Base class. Subclasses set `name`, `score_keys` and implement the hooks."""
+
+    name: str = ""
+    #: the headline score keys (per-layer scores use the first one)
+    score_keys: Tuple[str, ...] = ()
+    #: class given to whitespace tokens that have no word piece of their own
+    whitespace_class: Optional[str] = None
+
+    def labels_from_examples(self, examples: Iterable[Example]) -> Set[str]:
+        raise NotImplementedError
+
+    def validate_labels(self, labels: Iterable[str]) -> None:
+        """Raise ValueError for labels the task cannot represent."""
+
+    def classes(self, labels: Sequence[str]) -> List[str]:
+        """The per-token classes for a label set (the model's output rows)."""
+        return sorted(labels)
+
+    def gold_classes(self, example: Example) -> List[Optional[str]]:
+        """One class per token of example.predicted; None where unknown."""
+        raise NotImplementedError
+
+    def annotate(self, doc: Doc, classes: Sequence[Optional[str]], overwrite: bool) -> None:
+        """Write per-token classes (None: no prediction) onto the doc."""
+        raise NotImplementedError
+
+    def score(self, examples: Iterable[Example], **kwargs) -> Dict[str, object]:
+        raise NotImplementedError
+
+
+class TokenAttributeTask(Task):
+    """A label per token stored in a token attribute (tag_, pos_)."""
+
+    attr: str = ""
+
+    def labels_from_examples(self, examples: Iterable[Example]) -> Set[str]:
+        labels: Set[str] = set()
+        for eg in examples:
+            labels.update(getattr(t, f"{self.attr}_") for t in eg.reference)
+        labels.discard("")
+        return labels
+
+    def gold_classes(self, example: Example) -> List[Optional[str]]:
+        aligned = example.get_aligned(self.attr.upper(), as_string=True)
+        return [value if value else None for value in aligned]
+
+    def annotate(self, doc: Doc, classes: Sequence[Optional[str]], overwrite: bool) -> None:
+        name = f"{self.attr}_"
+        for token, value in zip(doc, classes):
+            if value is None:
+                continue
+            if overwrite or not getattr(token, name):
+                setattr(token, name, value)
+
+    def score(self, examples: Iterable[Example], **kwargs) -> Dict[str, object]:
+        return Scorer.score_token_attr(examples, self.attr, **kwargs)
+
+
+class TagTask(TokenAttributeTask):
+    """Fine-grained tags in token.tag_."""
+
+    name = "tag"
+    attr = "tag"
+    score_keys = ("tag_acc",)
+    whitespace_class = "_SP"
+
+    def classes(self, labels: Sequence[str]) -> List[str]:
+        return sorted(set(labels) | {self.whitespace_class})
+
+
+class PosTask(TokenAttributeTask):
+    """Universal POS tags in token.pos_ (validated against UPOS)."""
+
+    name = "pos"
+    attr = "pos"
+    score_keys = ("pos_acc",)
+    whitespace_class = "SPACE"
+
+    def validate_labels(self, labels: Iterable[str]) -> None:
+        invalid = sorted(label for label in labels if label not in POS_IDS or not label)
+        if invalid:
+            raise ValueError(
+                f"task 'pos' predicts Universal POS tags, but these labels are not UPOS: "
+                f"{', '.join(map(repr, invalid))}; use task 'tag' for other tag sets"
+            )
+
+    def classes(self, labels: Sequence[str]) -> List[str]:
+        return sorted(set(labels) | {self.whitespace_class})
+
+
+BILUO_PREFIXES = ("B", "I", "L", "U")
+
+
+def decode_biluo(classes: Sequence[Optional[str]]) -> List[Tuple[int, int, str]]:
+    """Entities (start, end, label) from a per-token BILUO sequence, repairing
+    invalid sequences instead of failing: an I or L that does not continue an
+    entity of its type starts one; an entity left open is closed where the
+    next one starts, at O, or at the end. None counts as O."""
+    entities: List[Tuple[int, int, str]] = []
+    open_start, open_label = -1, ""
+
+    def close(end: int) -> None:
+        nonlocal open_start, open_label
+        if open_start >= 0:
+            entities.append((open_start, end, open_label))
+        open_start, open_label = -1, ""
+
+    for i, value in enumerate(classes):
+        prefix, _, label = (value or "O").partition("-")
+        if prefix not in BILUO_PREFIXES or not label:
+            close(i)
+            continue
+        continues = open_start >= 0 and open_label == label and prefix in ("I", "L")
+        if not continues:
+            close(i)
+            open_start, open_label = i, label
+        if prefix in ("L", "U"):
+            close(i + 1)
+    close(len(classes))
+    return entities
+
+
+class NerTask(Task):
+    """Named entities in doc.ents, BILUO classes per token."""
+
+    name = "ner"
+    score_keys = ("ents_f", "ents_p", "ents_r")
+    whitespace_class = "O"
+
+    def labels_from_examples(self, examples: Iterable[Example]) -> Set[str]:
+        return {ent.label_ for eg in examples for ent in eg.reference.ents}
+
+    def validate_labels(self, labels: Iterable[str]) -> None:
+        bad = sorted(label for label in labels if not label or "-" in label[:2])
+        if bad:
+            raise ValueError(f"invalid entity label(s): {', '.join(map(repr, bad))}")
+
+    def classes(self, labels: Sequence[str]) -> List[str]:
+        return ["O"] + [f"{p}-{label}" for label in sorted(labels) for p in BILUO_PREFIXES]
+
+    def gold_classes(self, example: Example) -> List[Optional[str]]:
+        return [None if value in (None, "-", "") else value for value in example.get_aligned_ner()]
+
+    def annotate(self, doc: Doc, classes: Sequence[Optional[str]], overwrite: bool) -> None:
+        spans = [Span(doc, start, end, label=label) for start, end, label in decode_biluo(classes)]
+        if overwrite:
+            doc.set_ents(spans, default="outside")
+            return
+        taken = set()
+        for ent in doc.ents:
+            taken.update(range(ent.start, ent.end))
+        kept = [s for s in spans if not taken.intersection(range(s.start, s.end))]
+        doc.set_ents(list(doc.ents) + kept, default="outside")
+
+    def score(self, examples: Iterable[Example], **kwargs) -> Dict[str, object]:
+        return get_ner_prf(examples, **kwargs)
+
+
+for _task in (NerTask(), TagTask(), PosTask()):
+    register_task(_task)

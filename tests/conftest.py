@@ -1,0 +1,84 @@
+"""Fixtures: a tiny random BERT built locally (no network), tiny corpora."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from pathlib import Path
+from typing import List
+
+import pytest
+import torch
+
+NER_DATA = [
+    ("Alice lives in Paris .", [(0, 5, "PER"), (15, 20, "LOC")]),
+    ("Bob visited London yesterday .", [(0, 3, "PER"), (12, 18, "LOC")]),
+    ("Paris is big .", [(0, 5, "LOC")]),
+    ("Carol and Alice met Bob in Berlin .", [(0, 5, "PER"), (10, 15, "PER"), (20, 23, "PER"), (27, 33, "LOC")]),
+    ("The weather is nice .", []),
+    ("Berlin and London are cities .", [(0, 6, "LOC"), (11, 17, "LOC")]),
+]
+
+POS_DATA = [
+    ("Alice lives in Paris .", ["PROPN", "VERB", "ADP", "PROPN", "PUNCT"]),
+    ("Bob visited London yesterday .", ["PROPN", "VERB", "PROPN", "NOUN", "PUNCT"]),
+    ("The weather is nice .", ["DET", "NOUN", "AUX", "ADJ", "PUNCT"]),
+    ("Carol and Alice met Bob .", ["PROPN", "CCONJ", "PROPN", "VERB", "PROPN", "PUNCT"]),
+    ("Berlin is a city .", ["PROPN", "AUX", "DET", "NOUN", "PUNCT"]),
+]
+
+EXTRA_WORDS = "hello world test text long doc emoji mixed word the a is".split()
+
+
+def write_tiny_bert(
+    path: Path,
+    words: List[str],
+    n_layers: int = 3,
+    hidden: int = 32,
+    seed: int = 0,
+    max_position: int = 64,
+    lowercase: bool = False,
+) -> Path:
+    """Save a random BertModel and a word-piece vocab.txt into `path`."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    torch.manual_seed(seed)
+    path.mkdir(parents=True, exist_ok=True)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    pieces = sorted({w.lower() if lowercase else w for w in words})
+    chars = sorted({c for w in pieces for c in w})
+    vocab = specials + pieces + [c for c in chars if c not in pieces] + [f"##{c}" for c in chars]
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf8")
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        intermediate_size=hidden * 2,
+        max_position_embeddings=max_position,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    BertModel(config).save_pretrained(path)
+    BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=lowercase).save_pretrained(path)
+    return path
+
+
+def corpus_words() -> List[str]:
+    words = set(EXTRA_WORDS)
+    for text, _ in NER_DATA + POS_DATA:
+        words.update(text.split())
+    return sorted(words)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), corpus_words())
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_12(tmp_path_factory) -> Path:
+    """12 layers, wider: for the packed-path speed check."""
+    return write_tiny_bert(
+        tmp_path_factory.mktemp("tiny_bert_12"), corpus_words(), n_layers=12, hidden=256, max_position=512
+    )
