@@ -160,9 +160,10 @@ class NerTask(Task):
         return {ent.label_ for eg in examples for ent in eg.reference.ents}
 
     def validate_labels(self, labels: Iterable[str]) -> None:
-        bad = sorted(label for label in labels if not label or "-" in label[:2])
+        # a BILUO class splits at its first "-", so labels may contain "-" (e.g. "X-RAY")
+        bad = sorted(repr(label) for label in labels if not label or not isinstance(label, str))
         if bad:
-            raise ValueError(f"invalid entity label(s): {', '.join(map(repr, bad))}")
+            raise ValueError(f"invalid entity label(s): {', '.join(bad)}")
 
     def classes(self, labels: Sequence[str]) -> List[str]:
         return ["O"] + [f"{p}-{label}" for label in sorted(labels) for p in BILUO_PREFIXES]

@@ -10,6 +10,10 @@ from typing import List
 import pytest
 import torch
 
+# One intra-op thread: tiny models gain nothing from more, and on a loaded
+# 2-core machine spinning OpenMP threads make each step ~10x slower.
+torch.set_num_threads(1)
+
 NER_DATA = [
     ("Alice lives in Paris .", [(0, 5, "PER"), (15, 20, "LOC")]),
     ("Bob visited London yesterday .", [(0, 3, "PER"), (12, 18, "LOC")]),

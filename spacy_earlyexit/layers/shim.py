@@ -63,7 +63,11 @@ class EarlyExitShim(PyTorchShim):
                     torch2xp(param.grad),
                     lr_scale=scale,
                 )
-                param.data = xp2torch(weights, device=param.device)
+                # Copy into the parameter's own storage: assigning param.data a
+                # tensor made from the optimizer's array view would chain a new
+                # view (and whatever it keeps alive) onto every step.
+                with torch.no_grad():
+                    param.copy_(xp2torch(weights, device=param.device).view_as(param))
             param.grad = None
 
     def to_bytes(self) -> bytes:

@@ -3,6 +3,7 @@
 These settings are the speed/accuracy dial. They are plain data, validated on
 construction, and know nothing of spaCy.
 """
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -63,11 +64,12 @@ class ExitSettings:
         if self.threshold_multipliers is not None:
             multipliers = tuple(self.threshold_multipliers)
             if not multipliers or any(
-                isinstance(m, bool) or not isinstance(m, (int, float)) or m < 0
+                isinstance(m, bool) or not isinstance(m, (int, float))
+                or not math.isfinite(m) or m < 0
                 for m in multipliers
             ):
                 raise ValueError(
-                    "threshold_multipliers must be a non-empty list of numbers >= 0 "
+                    "threshold_multipliers must be a non-empty list of finite numbers >= 0 "
                     f"(one per encoder layer); got {self.threshold_multipliers!r}"
                 )
             object.__setattr__(self, "threshold_multipliers", tuple(float(m) for m in multipliers))

@@ -52,6 +52,9 @@ class PieceLayout:
         )
 
 
+#: share of real pieces in the [S, T] grid above which K/V are projected densely
+DENSE_KV_SHARE = 0.8
+
 _PACKED_MODULES = (
     ("attention", "self", "query"),
     ("attention", "self", "key"),
@@ -105,16 +108,17 @@ def packed_layer_forward(
     attention = layer.attention.self
     n_heads = attention.num_attention_heads
     flat = hidden.reshape(n_spans * length, width)
-    if layout.all_real_active:
+    # K/V for every real piece, exited ones too (they still serve as keys and
+    # values). When padding is a small share of the grid, projecting the whole
+    # grid is cheaper than gathering and scattering the real rows.
+    if layout.all_real_active or layout.real.numel() >= DENSE_KV_SHARE * n_spans * length:
         keys = attention.key(hidden)
         values = attention.value(hidden)
-        states = flat
     else:
-        # K/V for every real piece (exited ones too); padding rows stay zero
         real_states = flat.index_select(0, layout.real)
         keys = _scatter_rows(attention.key(real_states), layout.real, n_spans, length)
         values = _scatter_rows(attention.value(real_states), layout.real, n_spans, length)
-        states = flat.index_select(0, layout.active)
+    states = flat if layout.all_real_active else flat.index_select(0, layout.active)
     queries = attention.query(states)
     # Scatter packed queries into a per-span grid of the span's active pieces only.
     query_grid = queries.new_zeros(n_spans, layout.max_active, width)

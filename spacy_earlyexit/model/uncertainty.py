@@ -14,5 +14,8 @@ def normalized_entropy(logits: torch.Tensor) -> torch.Tensor:
     if n_classes <= 1:
         return logits.new_zeros(logits.shape[:-1])
     log_probs = torch.log_softmax(logits.float(), dim=-1)
-    entropy = -(log_probs.exp() * log_probs).sum(dim=-1)
+    # p * log p -> 0 as p -> 0; a log-probability of -inf (logits that differ
+    # by more than the float range) would otherwise give 0 * -inf = nan
+    plogp = (log_probs.exp() * log_probs).masked_fill(torch.isneginf(log_probs), 0.0)
+    entropy = -plogp.sum(dim=-1)
     return (entropy / math.log(n_classes)).clamp_(0.0, 1.0)

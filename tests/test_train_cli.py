@@ -1,0 +1,71 @@
+"""`spacy train configs/pos_joint.cfg` end to end on a tiny corpus."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import spacy
+import srsly
+import torch
+from spacy.tokens import Doc, DocBin
+
+from conftest import POS_DATA
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One torch thread while this module runs: with a background job on the
+    other core, two threads spin against each other (~50x slower steps)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+UPOS_IN_DATA = {tag for _, tags in POS_DATA for tag in tags}
+
+
+def write_corpus(path: Path) -> Path:
+    vocab = spacy.blank("en").vocab
+    docbin = DocBin()
+    for text, tags in POS_DATA:
+        words = text.split()
+        docbin.add(Doc(vocab, words=words, pos=tags))
+    docbin.to_disk(path)
+    return path
+
+
+def test_spacy_train_pos_joint(tiny_bert, tmp_path):
+    corpus = write_corpus(tmp_path / "pos.spacy")
+    output = tmp_path / "output"
+    command = [
+        sys.executable, "-m", "spacy", "train", str(ROOT / "configs" / "pos_joint.cfg"),
+        "--output", str(output),
+        "--paths.train", str(corpus),
+        "--paths.dev", str(corpus),
+        "--paths.backbone", str(tiny_bert),
+        "--training.max_steps", "20",
+        "--training.eval_frequency", "10",
+        # five sentences make one batch: without this, max_epochs = 2 ends at step 2
+        "--training.max_epochs", "0",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log
+    # evaluated at steps 10 and 20 (the console table's step column)
+    steps = [line.split()[1] for line in run.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert "10" in steps and "20" in steps, log
+    assert (output / "model-best").is_dir()
+
+    nlp = spacy.load(output / "model-last")
+    assert nlp.pipe_names == ["earlyexit_tagger"]
+    tagger = nlp.get_pipe("earlyexit_tagger")
+    assert set(tagger.labels) == UPOS_IN_DATA
+    doc = nlp("Alice visited Paris .")
+    assert all(t.pos_ in UPOS_IN_DATA | {"SPACE"} for t in doc)
+    assert doc._.exit_layers == [3] * 4
+    meta = srsly.read_json(output / "model-last" / "meta.json")
+    assert 0.0 <= meta["performance"]["pos_acc"] <= 1.0
