@@ -105,6 +105,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--limit", type=int, default=0, help="use only the first N docs")
+    parser.add_argument("--time-limit", type=int, default=0, help="time on the first N of those docs only")
     parser.add_argument("--grid", default=None, help="JSON list of settings (default: built-in grid)")
     parser.add_argument("--reference-backbone", default=None, help="also time spacy-transformers on this backbone")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -145,6 +146,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         rows["spacy-transformers"] = {"setting": None, "seconds": []}
 
     # timing: interleaved repetitions
+    if args.time_limit:
+        gold_docs = gold_docs[: args.time_limit]
+        n_words = sum(len(d) for d in gold_docs)
     docs = fresh_docs(nlp, gold_docs)
     time_pipe(nlp, docs[:200], args.batch_size)  # warm-up
     for repetition in range(args.repetitions):
@@ -168,7 +172,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         "pipeline": str(args.pipeline),
         "dev": str(args.dev),
         "n_docs": len(gold_docs),
-        "n_words": n_words,
+        "n_words_timed": n_words,
         "repetitions": args.repetitions,
         "batch_size": args.batch_size,
         "torch_threads": torch.get_num_threads(),

@@ -10,7 +10,8 @@ from .extensions import register_extensions
 
 register_extensions()
 
-from . import architectures, scorers  # noqa: E402,F401  (registrations)
+from . import architectures, callbacks, scorers  # noqa: E402,F401  (registrations)
+from . import segmentation  # noqa: E402,F401  (registers the "segment" task)
 from .model import ExitSettings  # noqa: E402
 from .pipeline_component import EarlyExitTagger, make_earlyexit_tagger  # noqa: E402
 

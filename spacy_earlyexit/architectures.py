@@ -63,3 +63,28 @@ def make_self_sampling_v1(
         aggressive_share=aggressive_share,
         window_includes_exited=window_includes_exited,
     )
+
+
+@registry.misc("spacy_earlyexit.SelfSampling.v2")
+def make_self_sampling_v2(
+    window_range: List[int] = [0, 2],
+    threshold_range: List[float] = [0.0, 0.5],
+    full_depth_share: float = 0.1,
+    aggressive_share: float = 0.1,
+    window_includes_exited: bool = False,
+    uncertainty_source: str = "current",
+    flooding: float = 0.0,
+) -> SelfSampling:
+    """Self-sampling fine-tuning settings (see METHOD.md, Training); v1 plus
+    uncertainty_source ("current" model or cached "stage1" predictions for
+    the simulated exits) and flooding (0: off; f > 0: flood each token's loss
+    toward f times its stage-1 loss)."""
+    return SelfSampling(
+        window_range=tuple(window_range),
+        threshold_range=tuple(threshold_range),
+        full_depth_share=full_depth_share,
+        aggressive_share=aggressive_share,
+        window_includes_exited=window_includes_exited,
+        uncertainty_source=uncertainty_source,
+        flooding=flooding,
+    )

@@ -65,6 +65,13 @@ def layer_loss_weights(scheme: str, n_layers: int) -> numpy.ndarray:
     return weights / weights.sum()
 
 
+def _cross_entropy(logits: numpy.ndarray, target: numpy.ndarray) -> numpy.ndarray:
+    """logits [L, N, C], target [N] int -> [L, N] cross-entropy per layer and token."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    log_norm = numpy.log(numpy.exp(shifted).sum(axis=-1))
+    return log_norm - numpy.take_along_axis(shifted, target[None, :, None], axis=-1)[..., 0]
+
+
 class EarlyExitTagger(TrainablePipe):
     """A multi-exit transformer tagger (see the module docstring)."""
 
@@ -215,6 +222,8 @@ class EarlyExitTagger(TrainablePipe):
                 values.append(task.whitespace_class)
             elif label < 0:
                 values.append(task.whitespace_class)
+            elif not has_own and not task.borrow_classes:
+                values.append(None)
             else:
                 values.append(classes[label])
         task.annotate(doc, values, overwrite)
@@ -230,11 +239,14 @@ class EarlyExitTagger(TrainablePipe):
         validate_get_examples(get_examples, "EarlyExitTagger.initialize")
         task = self.task
         if labels is None:
-            labels = sorted(task.labels_from_examples(get_examples()))
+            labels = task.labels_from_examples(get_examples())
+        # labels added with add_label before initialize are kept, as in spaCy's components
+        labels = sorted(set(self.cfg["labels"]) | set(labels))
         task.validate_labels(labels)
         if not labels and task.name != "segment":
             raise ValueError(
-                f"{self.name}: found no {task.name} labels in the initialization examples"
+                f"{self.name}: found no {task.name} labels in the initialization examples "
+                "(nor any added with add_label)"
             )
         self.cfg["labels"] = sorted(labels)
         self.model.set_dim("nO", len(self.classes))
@@ -267,8 +279,10 @@ class EarlyExitTagger(TrainablePipe):
         return losses
 
     def get_loss(self, examples: Iterable[Example], outputs: TokenOutputs):
-        """Weighted sum over layers of the mean cross-entropy of the tokens
-        with gold labels that were still active at that layer.
+        """Weighted sum over layers of the cross-entropy summed over the tokens
+        with gold labels that were still active at that layer, divided by the
+        number of tokens with gold labels (so a token's weight at a layer does
+        not depend on how many others exited).
 
         outputs.layer_logits: [L, N, C]; returns (loss, d_layer_logits [L, N, C]).
         """
@@ -300,10 +314,19 @@ class EarlyExitTagger(TrainablePipe):
         picked = numpy.take_along_axis(log_probs, target[None, :, None], axis=-1)[..., 0]
         n_known = max(int(known.sum()), 1)
         scale = (weights[:, None] * valid) / n_known  # [L, N]
-        loss = float(-(picked * scale).sum())
+        token_loss = -picked  # [L, N]
+        grad_scale = scale
+        flooding = (self.cfg.get("self_sampling") or {}).get("flooding", 0.0)
+        if flooding and outputs.reference_layer_logits is not None:
+            # self-sampling's loss flooding: |loss - b| + b with b = flooding x
+            # the token's loss under the stage-1 model (gradient reversed below b)
+            level = flooding * _cross_entropy(outputs.reference_layer_logits, target)
+            grad_scale = scale * numpy.where(token_loss >= level, 1.0, -1.0)
+            token_loss = numpy.abs(token_loss - level) + level
+        loss = float((token_loss * scale).sum())
         d_logits = numpy.exp(log_probs)
         d_logits[:, numpy.arange(len(gold)), target] -= 1.0
-        d_logits *= scale[..., None]
+        d_logits *= grad_scale[..., None]
         if numpy.isnan(loss):
             raise ValueError(Errors.E910.format(name=self.name))
         return loss, d_logits.astype("float32")
@@ -321,7 +344,7 @@ class EarlyExitTagger(TrainablePipe):
     def score_layers(self, examples: List[Example], **kwargs: Any) -> Dict[str, Any]:
         """Run the predicted docs at full depth and score each off-ramp."""
         task = self.task
-        copies = [eg.predicted.copy() for eg in examples]
+        copies = [task.prediction_units(eg.predicted) for eg in examples]
         outputs = self._predict(ExitSettings(exit_mode="off"), copies, layer_labels=True)
         scores: Dict[str, Any] = {}
         classes = self.classes
@@ -383,7 +406,7 @@ def make_earlyexit_tagger(
     score_layers: bool,
     scorer: Optional[Callable],
 ) -> EarlyExitTagger:
-    """Create an earlyexit_tagger. task: "ner", "tag" or "pos"; exit_mode,
+    """Create an earlyexit_tagger. task: "ner", "tag", "pos" or "segment"; exit_mode,
     threshold, window, window_includes_exited, threshold_multipliers and
     sentence_score: the exit rule (see ExitSettings); loss_weights: "depth",
     "uniform" or "last"; self_sampling: settings of self-sampling fine-tuning

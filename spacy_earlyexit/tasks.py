@@ -34,6 +34,12 @@ class Task:
     score_keys: Tuple[str, ...] = ()
     #: class given to whitespace tokens that have no word piece of their own
     whitespace_class: Optional[str] = None
+    #: other tokens without a word piece of their own take the class of their
+    #: nearest neighbour (True) or get None, for the task to decide (False)
+    borrow_classes: bool = True
+    #: the task makes its own tokens (segmentation): it is evaluated on the
+    #: pipeline's tokenization of the text, not on the gold tokens
+    retokenizes: bool = False
 
     def labels_from_examples(self, examples: Iterable[Example]) -> Set[str]:
         raise NotImplementedError
@@ -52,6 +58,12 @@ class Task:
     def annotate(self, doc: Doc, classes: Sequence[Optional[str]], overwrite: bool) -> None:
         """Write per-token classes (None: no prediction) onto the doc."""
         raise NotImplementedError
+
+    def prediction_units(self, doc: Doc) -> Doc:
+        """A fresh doc of the units this task labels, from a doc that may
+        already carry its annotation (per-layer scoring predicts evaluated docs
+        again). Tasks that retokenize rebuild the units; others copy."""
+        return doc.copy()
 
     def score(self, examples: Iterable[Example], **kwargs) -> Dict[str, object]:
         raise NotImplementedError

@@ -14,7 +14,7 @@ from spacy.tokens import Doc
 from thinc.api import Model, get_torch_default_device
 
 from ..model import EarlyExitEncoder, ExitSettings, span_cost
-from ..model.self_sampling import SelfSampling, sample_exit_layers
+from ..model.self_sampling import ReferencePredictions, SelfSampling, sample_exit_layers
 from .shim import EarlyExitShim
 from .wordpieces import DocPieces, SpanGetter, lender_index, max_pieces_of, tokenize_docs
 
@@ -37,6 +37,8 @@ class TokenOutputs:
         computed at that layer (training only).
     layer_labels: per doc [L, n_tokens] int, every off-ramp's class (only
         when the model's attrs ask for it: per-layer scoring at full depth).
+    reference_layer_logits: [L, N, C] float32, the stage-1 model's logits at
+        full depth (self-sampling with loss flooding only).
     """
 
     labels: List[numpy.ndarray]
@@ -46,6 +48,7 @@ class TokenOutputs:
     layer_logits: Optional[numpy.ndarray] = None
     layer_active: Optional[numpy.ndarray] = None
     layer_labels: Optional[List[numpy.ndarray]] = None
+    reference_layer_logits: Optional[numpy.ndarray] = None
 
 
 def EarlyExitTransformerModel(
@@ -157,7 +160,7 @@ def forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[TokenOutputs
     device = shim.device
     settings = ExitSettings.from_dict(model.attrs[EXIT_SETTINGS_ATTR])
     backprop_words: Optional[Callable] = None
-    layer_logits_words = layer_active_words = None
+    layer_logits_words = layer_active_words = reference_words = None
 
     if is_train:
         encoder.train()
@@ -168,7 +171,16 @@ def forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[TokenOutputs
             forced = None
             sampling_cfg = model.attrs.get(SELF_SAMPLING_ATTR)
             if sampling_cfg:
-                forced = sample_exit_layers(encoder, batch, SelfSampling(**sampling_cfg))
+                sampling = SelfSampling(**sampling_cfg)
+                stage1_logits = None
+                if sampling.needs_reference:
+                    stage1_logits = _reference_predictions(shim, encoder).layer_logits(batch)
+                forced = sample_exit_layers(
+                    encoder, batch, sampling,
+                    layer_logits=stage1_logits if sampling.uncertainty_source == "stage1" else None,
+                )
+                if sampling.flooding > 0.0:
+                    reference_words = stage1_logits.cpu().numpy()
             out = encoder(batch, forced_exit_layer=forced, return_layer_logits=True)
             word_exit[:] = out.exit_layer.cpu().numpy()
             word_label[:] = out.labels.cpu().numpy()
@@ -212,6 +224,9 @@ def forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[TokenOutputs
     if layer_logits_words is not None:
         outputs.layer_logits[:, own] = layer_logits_words[:, token_word_all[own]]
         outputs.layer_active[:, own] = layer_active_words[:, token_word_all[own]]
+    if reference_words is not None:
+        outputs.reference_layer_logits = numpy.zeros_like(outputs.layer_logits)
+        outputs.reference_layer_logits[:, own] = reference_words[:, token_word_all[own]]
 
     def backprop(d_layer_logits: numpy.ndarray) -> List[Doc]:
         if backprop_words is not None:
@@ -221,6 +236,16 @@ def forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[TokenOutputs
         return []
 
     return outputs, backprop
+
+
+def _reference_predictions(shim: EarlyExitShim, encoder: EarlyExitEncoder) -> ReferencePredictions:
+    """The stage-1 reference of self-sampling: a frozen copy of the encoder as
+    it is at the first step that needs it, kept on the shim (not saved)."""
+    reference = getattr(shim, "self_sampling_reference", None)
+    if reference is None:
+        reference = ReferencePredictions(encoder)
+        shim.self_sampling_reference = reference
+    return reference
 
 
 def _to_tokens(docs, doc_pieces: DocPieces, word_offsets, word_label, word_exit, encoder):

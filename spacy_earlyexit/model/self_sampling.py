@@ -6,15 +6,25 @@ span draws a window and a threshold, token-level exit is simulated on the
 current model's per-layer uncertainties, and the returned exit layers are then
 used by EarlyExitEncoder.forward(forced_exit_layer=...), the same halt-and-copy
 path as inference.
+
+Two options of the reference code are available, both off by default:
+simulating exits on the predictions of the model as it was when self-sampling
+began (stage 1's, computed once per span and cached) instead of the current
+model's, and loss flooding toward that model's per-token losses (the flooding
+itself is applied by the loss, which gets the cached logits).
 """
+import copy
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
 from .encoder import EarlyExitEncoder, EncoderBatch
 from .exit_policy import window_max
 from .uncertainty import normalized_entropy
+
+
+UNCERTAINTY_SOURCES: Tuple[str, ...] = ("current", "stage1")
 
 
 @dataclass
@@ -27,6 +37,15 @@ class SelfSampling:
     aggressive_share: share of spans given the most aggressive setting
         (largest threshold, smallest window): the "sandwich" of the reference.
     window_includes_exited: as in ExitSettings.
+    uncertainty_source: whose per-layer predictions the simulated exits use:
+        "current" (the model being trained, recomputed at every step) or
+        "stage1" (the model as it was when self-sampling began, i.e. the
+        sourced stage-1 model; computed once per span and cached: cheaper,
+        but stale).
+    flooding: 0 (off) or a factor f > 0: each token's loss at each layer is
+        flooded toward f times its loss under the stage-1 model (Ishida et
+        al. 2020: below that level the gradient is reversed), which keeps the
+        fine-tuned off-ramps from drifting far from stage 1.
 
     Draws use torch's global generator (spaCy's training seeds it).
     """
@@ -36,6 +55,8 @@ class SelfSampling:
     full_depth_share: float = 0.1
     aggressive_share: float = 0.1
     window_includes_exited: bool = False
+    uncertainty_source: str = "current"
+    flooding: float = 0.0
 
     def __post_init__(self) -> None:
         low_w, high_w = (int(v) for v in self.window_range)
@@ -47,8 +68,21 @@ class SelfSampling:
         if not (0 <= self.full_depth_share <= 1 and 0 <= self.aggressive_share <= 1
                 and self.full_depth_share + self.aggressive_share <= 1):
             raise ValueError("full_depth_share and aggressive_share must be in [0, 1] and sum to <= 1")
+        if self.uncertainty_source not in UNCERTAINTY_SOURCES:
+            raise ValueError(
+                f"uncertainty_source must be one of {', '.join(UNCERTAINTY_SOURCES)}; "
+                f"got {self.uncertainty_source!r}"
+            )
+        if isinstance(self.flooding, bool) or not float(self.flooding) >= 0.0:
+            raise ValueError(f"flooding must be a number >= 0 (0: off); got {self.flooding!r}")
         self.window_range = (low_w, high_w)
         self.threshold_range = (low_t, high_t)
+        self.flooding = float(self.flooding)
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether the stage-1 model's predictions are needed."""
+        return self.uncertainty_source == "stage1" or self.flooding > 0.0
 
 
 def draw_span_settings(
@@ -98,14 +132,9 @@ def simulate_token_exits(
     return exit_layer
 
 
-def sample_exit_layers(
-    encoder: EarlyExitEncoder,
-    batch: EncoderBatch,
-    sampling: SelfSampling,
-    generator: Optional[torch.Generator] = None,
-) -> torch.Tensor:
-    """Draw settings, run the current model at full depth without gradients
-    (dropout off) and simulate token-level exit. Returns [W] long exit layers."""
+def full_depth_layer_logits(encoder: EarlyExitEncoder, batch: EncoderBatch) -> torch.Tensor:
+    """Every off-ramp's logits at full depth, without gradients and with
+    dropout off. Returns [L, W, C]."""
     was_training = encoder.training
     encoder.eval()
     try:
@@ -113,14 +142,76 @@ def sample_exit_layers(
             out = encoder(batch, return_layer_logits=True)
     finally:
         encoder.train(was_training)
-    n_layers = out.layer_logits.shape[0]
+    return out.layer_logits
+
+
+def sample_exit_layers(
+    encoder: EarlyExitEncoder,
+    batch: EncoderBatch,
+    sampling: SelfSampling,
+    generator: Optional[torch.Generator] = None,
+    layer_logits: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Draw settings and simulate token-level exit on per-layer predictions:
+    `layer_logits` [L, W, C] if given (e.g. cached stage-1 predictions), else
+    the current model's at full depth (see full_depth_layer_logits).
+    Returns [W] long exit layers (1-based)."""
+    if layer_logits is None:
+        layer_logits = full_depth_layer_logits(encoder, batch)
+    n_layers = layer_logits.shape[0]
     n_slots = int(batch.word_slot.max()) + 1 if batch.n_words else 0
+    spans, slots = batch.word_span.cpu(), batch.word_slot.cpu()
     grid = torch.zeros(n_layers, batch.n_spans, n_slots)
-    grid[:, batch.word_span.cpu(), batch.word_slot.cpu()] = torch.stack(
-        [normalized_entropy(logits) for logits in out.layer_logits]
+    grid[:, spans, slots] = torch.stack(
+        [normalized_entropy(logits) for logits in layer_logits]
     ).cpu()
     words = torch.zeros(batch.n_spans, n_slots, dtype=torch.bool)
-    words[batch.word_span.cpu(), batch.word_slot.cpu()] = True
+    words[spans, slots] = True
     windows, thresholds = draw_span_settings(batch.n_spans, sampling, generator)
     exits = simulate_token_exits(grid, words, windows, thresholds, sampling.window_includes_exited)
-    return exits[batch.word_span.cpu(), batch.word_slot.cpu()].to(batch.input_ids.device)
+    return exits[spans, slots].to(batch.input_ids.device)
+
+
+class ReferencePredictions:
+    """A frozen copy of the model as it was when self-sampling began, whose
+    per-layer logits at full depth are computed once per span and cached.
+
+    The cache key is a span's word pieces and word alignment; in eval mode a
+    span's output does not depend on the other spans of its batch.
+    """
+
+    def __init__(self, encoder: EarlyExitEncoder) -> None:
+        self.encoder = copy.deepcopy(encoder).eval()
+        self.encoder.requires_grad_(False)
+        self.n_layers, self.n_classes = encoder.n_layers, encoder.n_classes
+        self._cache: Dict[bytes, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    @staticmethod
+    def _span_keys(batch: EncoderBatch):
+        ids, lengths = batch.input_ids.cpu(), batch.lengths.cpu()
+        spans, pieces = batch.word_span.cpu(), batch.word_piece.cpu()
+        keys = []
+        for row in range(batch.n_spans):
+            key = ids[row, : int(lengths[row])].numpy().tobytes()
+            keys.append(key + b"|" + pieces[spans == row].numpy().tobytes())
+        return keys
+
+    def layer_logits(self, batch: EncoderBatch) -> torch.Tensor:
+        """[L, W, C] logits of the frozen model for the batch's words."""
+        keys = self._span_keys(batch)
+        spans, slots = batch.word_span.cpu(), batch.word_slot.cpu()
+        if any(key not in self._cache for key in keys):
+            computed = full_depth_layer_logits(self.encoder, batch).cpu()
+            for row, key in enumerate(keys):
+                if key not in self._cache:
+                    words = (spans == row).nonzero().squeeze(1)
+                    order = words[slots[words].argsort()]
+                    self._cache[key] = computed[:, order].clone()
+        result = torch.zeros(self.n_layers, batch.n_words, self.n_classes)
+        for row, key in enumerate(keys):
+            words = (spans == row).nonzero().squeeze(1)
+            result[:, words] = self._cache[key][:, slots[words]]
+        return result.to(batch.input_ids.device)

@@ -1,0 +1,105 @@
+"""Corpus converters: CoNLL-U and BIO / IOB column files -> spaCy's .spacy.
+
+Column files have one token per line (word in the first column, tag in the
+last, separated by tabs or spaces) and a blank line between sentences, as in
+CoNLL-2003 (IOB1, `-DOCSTART-` lines) and WNUT-16 (BIO). Both IOB variants
+are read by spaCy's iob_to_biluo: an entity starts at a B- tag, or at an I-
+tag that does not continue an entity of its type.
+"""
+import random
+from pathlib import Path
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
+
+from spacy.tokens import Doc, DocBin
+from spacy.training import biluo_tags_to_spans, iob_to_biluo
+from spacy.training.converters import conllu_to_docs
+from spacy.vocab import Vocab
+
+Sentence = List[Tuple[str, str]]
+COLUMN_FORMATS = ("bio", "iob")
+
+
+def read_columns(path: Union[str, Path], encoding: str = "utf8") -> List[Sentence]:
+    """Sentences of (word, tag) pairs from a column file.
+
+    Lines are split on tabs if they contain one, else on whitespace; the
+    first field is the word, the last the tag. Blank (or whitespace-only)
+    lines end a sentence; `-DOCSTART-` lines are skipped. Raises ValueError
+    naming the line for a line with a single field.
+    """
+    sentences: List[Sentence] = []
+    current: Sentence = []
+    text = Path(path).read_text(encoding=encoding)
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            if current:
+                sentences.append(current)
+                current = []
+            continue
+        fields = line.split("\t") if "\t" in line else line.split()
+        fields = [f.strip() for f in fields if f.strip()]
+        if fields[0] == "-DOCSTART-":
+            continue
+        if len(fields) < 2:
+            raise ValueError(f"{path}:{number}: expected a word and a tag, got {line!r}")
+        current.append((fields[0], fields[-1]))
+    if current:
+        sentences.append(current)
+    return sentences
+
+
+def sentence_to_doc(vocab: Vocab, sentence: Sentence) -> Doc:
+    """A Doc with the sentence's words and its entities (from BIO/IOB tags)."""
+    words = [word for word, _ in sentence]
+    tags = [_normalise_tag(tag) for _, tag in sentence]
+    doc = Doc(vocab, words=words)
+    doc.ents = biluo_tags_to_spans(doc, iob_to_biluo(tags))
+    return doc
+
+
+def _normalise_tag(tag: str) -> str:
+    if tag == "O" or tag[:2] in ("B-", "I-"):
+        return tag
+    raise ValueError(f"not a BIO/IOB tag: {tag!r} (expected O, B-TYPE or I-TYPE)")
+
+
+def read_conllu(path: Union[str, Path]) -> List[Doc]:
+    """One Doc per sentence of a CoNLL-U file (words, UPOS, XPOS, morphology,
+    lemmas, dependencies), through spaCy's conllu converter (as
+    `spacy convert --converter conllu -n 1`)."""
+    text = Path(path).read_text(encoding="utf8")
+    return list(conllu_to_docs(text, n_sents=1, no_print=True))
+
+
+def read_corpus(path: Union[str, Path], vocab: Vocab, file_format: Optional[str] = None) -> List[Doc]:
+    """Docs from a CoNLL-U file (format "conllu", or a .conllu suffix) or a
+    BIO / IOB column file (any other)."""
+    file_format = file_format or ("conllu" if str(path).endswith(".conllu") else "bio")
+    if file_format == "conllu":
+        return read_conllu(path)
+    if file_format not in COLUMN_FORMATS:
+        raise ValueError(f"unknown format {file_format!r}; use conllu, bio or iob")
+    return [sentence_to_doc(vocab, sentence) for sentence in read_columns(path)]
+
+
+def split_docs(docs: Sequence[Doc], dev_share: float, seed: int = 0) -> Tuple[List[Doc], List[Doc]]:
+    """(train, dev): a fixed-seed random share of the docs for dev, the rest
+    for train, each in the original order."""
+    if not 0.0 < dev_share < 1.0:
+        raise ValueError(f"dev_share must be in (0, 1); got {dev_share}")
+    order = list(range(len(docs)))
+    random.Random(seed).shuffle(order)
+    n_dev = max(1, round(len(docs) * dev_share))
+    dev_index = set(order[:n_dev])
+    train = [doc for i, doc in enumerate(docs) if i not in dev_index]
+    dev = [doc for i, doc in enumerate(docs) if i in dev_index]
+    return train, dev
+
+
+def write_docbin(docs: Iterable[Doc], path: Union[str, Path]) -> int:
+    """Save docs as .spacy (creating folders); returns the number of docs."""
+    docbin = DocBin(docs=list(docs), store_user_data=False)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    docbin.to_disk(path)
+    return len(docbin)

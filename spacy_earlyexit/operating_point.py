@@ -1,0 +1,98 @@
+"""Choosing an operating point from a sweep, and saving it in a pipeline.
+
+The selection functions are pure: they take the sweep's rows (dicts with
+"model", "setting", "score" and the speed-up columns; see sweep.run_sweep)
+and return one row, or None when no row qualifies.
+"""
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+import spacy
+
+SPEEDUP_KEYS = ("flops_speedup", "wall_speedup")
+COMPONENT = "earlyexit_tagger"
+
+Row = Mapping[str, Any]
+
+
+def _rows_of(rows: Sequence[Row], model: Optional[str], speedup_key: str) -> List[Row]:
+    if speedup_key not in SPEEDUP_KEYS:
+        raise ValueError(f"speedup_key must be one of {', '.join(SPEEDUP_KEYS)}; got {speedup_key!r}")
+    models = sorted({row["model"] for row in rows})
+    if model is None:
+        if len(models) > 1:
+            raise ValueError(f"the sweep has several pipelines ({', '.join(models)}): name one")
+    elif model not in models:
+        raise ValueError(f"no rows for pipeline {model!r} in the sweep (it has: {', '.join(models)})")
+    return [
+        row for row in rows
+        if (model is None or row["model"] == model)
+        and row.get("score") is not None and row.get(speedup_key) is not None
+    ]
+
+
+def baseline_score(rows: Sequence[Row], model: Optional[str] = None) -> float:
+    """The score of the pipeline's exit_mode "off" row."""
+    off = [row for row in _rows_of(rows, model, "flops_speedup") if row["setting"]["exit_mode"] == "off"]
+    if not off:
+        raise ValueError("the sweep has no exit_mode 'off' row to compare with")
+    return float(off[0]["score"])
+
+
+def pick_for_speedup(
+    rows: Sequence[Row],
+    target_speedup: float,
+    *,
+    speedup_key: str = "flops_speedup",
+    model: Optional[str] = None,
+) -> Optional[Row]:
+    """The row with the best score among those with speed-up >= target
+    (ties: the faster one). None if no row is fast enough.
+
+    speedup_key: "flops_speedup" (analytic, reproducible) or "wall_speedup"
+        (measured on the machine that ran the sweep).
+    model: which pipeline's rows (needed when the sweep has several).
+    """
+    candidates = [row for row in _rows_of(rows, model, speedup_key) if row[speedup_key] >= target_speedup]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda row: (row["score"], row[speedup_key]))
+
+
+def pick_within_loss(
+    rows: Sequence[Row],
+    max_loss: float,
+    *,
+    speedup_key: str = "flops_speedup",
+    model: Optional[str] = None,
+) -> Optional[Row]:
+    """The fastest row whose score is at most `max_loss` below the "off"
+    row's (ties: the better score). max_loss is in the score's own units:
+    0.01 is one point of F1 or accuracy."""
+    if max_loss < 0:
+        raise ValueError(f"max_loss must be >= 0; got {max_loss}")
+    floor = baseline_score(rows, model) - max_loss - 1e-12
+    candidates = [row for row in _rows_of(rows, model, speedup_key) if row["score"] >= floor]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda row: (row[speedup_key], row["score"]))
+
+
+def exit_changes(row: Row) -> Dict[str, Any]:
+    """The configure_exit arguments of a sweep row."""
+    return dict(row["setting"])
+
+
+def write_operating_point(
+    pipeline: Union[str, Path],
+    row: Row,
+    output: Optional[Union[str, Path]] = None,
+) -> Path:
+    """Load `pipeline`, set the row's exit setting as its saved default
+    (earlyexit_tagger.configure_exit) and save it to `output` (default: in
+    place). Returns the output folder."""
+    nlp = spacy.load(pipeline)
+    nlp.get_pipe(COMPONENT).configure_exit(**exit_changes(row))
+    target = Path(output) if output is not None else Path(pipeline)
+    nlp.to_disk(target)
+    return target

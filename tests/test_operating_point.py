@@ -1,0 +1,123 @@
+"""Choosing an operating point from a hand-made sweep table."""
+import json
+
+import pytest
+
+from spacy_earlyexit.operating_point import (
+    baseline_score,
+    exit_changes,
+    pick_for_speedup,
+    pick_within_loss,
+    write_operating_point,
+)
+
+
+def row(model, mode, threshold, window, score, flops, wall):
+    setting = {"exit_mode": mode}
+    if mode != "off":
+        setting["threshold"] = threshold
+    if mode == "token":
+        setting["window"] = window
+    return {
+        "model": model,
+        "name": f"{mode} {threshold} {window}",
+        "setting": setting,
+        "score": score,
+        "flops_speedup": flops,
+        "wall_speedup": wall,
+    }
+
+
+# model, mode, threshold, window, score, FLOPs speed-up, wall speed-up
+TABLE = [
+    row("stage2", "off", None, None, 0.900, 1.00, 1.00),
+    row("stage2", "sentence", 0.1, None, 0.898, 1.40, 1.30),
+    row("stage2", "sentence", 0.3, None, 0.860, 2.20, 1.90),
+    row("stage2", "token", 0.1, 1, 0.895, 1.90, 1.80),
+    row("stage2", "token", 0.2, 1, 0.887, 2.10, 2.05),  # best score at >= 2x FLOPs
+    row("stage2", "token", 0.3, 0, 0.870, 3.00, 2.60),
+    row("stage2", "token", 0.4, 0, 0.800, 4.00, 3.20),
+    row("stage2", "token", 0.2, 2, 0.887, 2.05, 1.95),  # same score, slower than t=0.2 k=1
+    # stage 1 scores higher everywhere: it must not leak into stage 2's choice
+    row("stage1", "off", None, None, 0.950, 1.00, 1.00),
+    row("stage1", "token", 0.3, 0, 0.940, 2.50, 2.30),
+]
+
+
+def test_best_score_meeting_a_flops_target():
+    chosen = pick_for_speedup(TABLE, 2.0, model="stage2")
+    assert chosen["setting"] == {"exit_mode": "token", "threshold": 0.2, "window": 1}
+
+
+def test_best_score_meeting_a_wall_clock_target():
+    # wall >= 2.0: token 0.2/1 (2.05, 0.887), token 0.3/0 (2.60), token 0.4/0 (3.20)
+    chosen = pick_for_speedup(TABLE, 2.0, speedup_key="wall_speedup", model="stage2")
+    assert chosen["setting"] == {"exit_mode": "token", "threshold": 0.2, "window": 1}
+    chosen = pick_for_speedup(TABLE, 2.1, speedup_key="wall_speedup", model="stage2")
+    assert chosen["setting"] == {"exit_mode": "token", "threshold": 0.3, "window": 0}
+
+
+def test_target_met_exactly_counts_and_unreachable_target_gives_none():
+    assert pick_for_speedup(TABLE, 4.0, model="stage2")["setting"]["threshold"] == 0.4
+    assert pick_for_speedup(TABLE, 4.01, model="stage2") is None
+    # a target of 1 is met by "off", which has the best score
+    assert pick_for_speedup(TABLE, 1.0, model="stage2")["setting"] == {"exit_mode": "off"}
+
+
+def test_fastest_within_a_score_loss():
+    # off scores 0.900; within 0.005: 0.898 (1.40x), 0.895 (1.90x) -> 1.90x
+    assert pick_within_loss(TABLE, 0.005, model="stage2")["setting"] == {
+        "exit_mode": "token", "threshold": 0.1, "window": 1,
+    }
+    # within 0.03: down to 0.870 -> token 0.3/0 at 3.00x
+    assert pick_within_loss(TABLE, 0.03, model="stage2")["setting"]["threshold"] == 0.3
+    # no loss allowed: only "off" itself
+    assert pick_within_loss(TABLE, 0.0, model="stage2")["setting"] == {"exit_mode": "off"}
+    # by wall clock with 0.02: 0.887 rows at 2.05x and 1.95x -> 2.05x
+    assert pick_within_loss(TABLE, 0.02, speedup_key="wall_speedup", model="stage2")["setting"] == {
+        "exit_mode": "token", "threshold": 0.2, "window": 1,
+    }
+
+
+def test_loss_is_measured_against_the_same_pipelines_off_row():
+    assert baseline_score(TABLE, "stage1") == 0.950
+    assert pick_within_loss(TABLE, 0.01, model="stage1")["setting"]["threshold"] == 0.3
+
+
+def test_several_pipelines_need_a_name():
+    with pytest.raises(ValueError, match="several pipelines"):
+        pick_for_speedup(TABLE, 2.0)
+    with pytest.raises(ValueError, match="no rows for pipeline"):
+        pick_for_speedup(TABLE, 2.0, model="stage3")
+    single = [r for r in TABLE if r["model"] == "stage1"]
+    assert pick_for_speedup(single, 2.0)["setting"]["threshold"] == 0.3
+
+
+def test_rows_without_scores_or_speed_are_ignored():
+    table = TABLE + [row("stage2", "token", 0.9, 0, None, 9.0, 9.0), row("stage2", "token", 0.8, 0, 0.99, None, None)]
+    assert pick_for_speedup(table, 2.0, model="stage2")["setting"]["threshold"] == 0.2
+    with pytest.raises(ValueError, match="speedup_key"):
+        pick_for_speedup(table, 2.0, speedup_key="speed", model="stage2")
+
+
+def test_chosen_setting_is_written_into_the_pipeline(tiny_bert, tmp_path):
+    import spacy
+    from spacy.training import Example
+
+    from conftest import NER_DATA
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("earlyexit_tagger", config={"task": "ner", "model": {"name": str(tiny_bert)}})
+    examples = [
+        Example.from_dict(nlp.make_doc(text), {"entities": ents}) for text, ents in NER_DATA
+    ]
+    nlp.initialize(lambda: examples)
+    nlp.to_disk(tmp_path / "pipeline")
+    chosen = pick_for_speedup(TABLE, 2.0, model="stage2")
+    out = write_operating_point(tmp_path / "pipeline", chosen, tmp_path / "chosen")
+    settings = spacy.load(out).get_pipe("earlyexit_tagger").exit_settings
+    assert (settings.exit_mode, settings.threshold, settings.window) == ("token", 0.2, 1)
+    assert exit_changes(chosen) == {"exit_mode": "token", "threshold": 0.2, "window": 1}
+    # the original is untouched
+    original = json.loads((tmp_path / "pipeline" / "earlyexit_tagger" / "cfg").read_text())
+    assert original["exit"]["exit_mode"] == "off"
