@@ -21,6 +21,8 @@ import torch
 from spacy.tokens import Doc, DocBin
 from spacy.training import Example
 
+from spacy_earlyexit.sweep import _fresh_docs as fresh_docs, setting_name
+
 COMPONENT = "earlyexit_tagger"
 
 DEFAULT_GRID = [
@@ -40,20 +42,6 @@ DEFAULT_GRID = [
 ]
 
 
-def setting_name(setting: Dict[str, Any]) -> str:
-    if setting["exit_mode"] == "off":
-        return "off"
-    name = f"{setting['exit_mode']} t={setting['threshold']}"
-    if setting["exit_mode"] == "token":
-        name += f" k={setting['window']}"
-    return name
-
-
-def fresh_docs(nlp, gold_docs: List[Doc]) -> List[Doc]:
-    """Unannotated docs with the gold tokenization."""
-    return [Doc(nlp.vocab, words=[t.text for t in d], spaces=[bool(t.whitespace_) for t in d]) for d in gold_docs]
-
-
 def time_pipe(nlp, docs: List[Doc], batch_size: int, component_cfg=None) -> float:
     start = time.perf_counter()
     for _ in nlp.pipe(docs, batch_size=batch_size, component_cfg=component_cfg):
@@ -61,12 +49,12 @@ def time_pipe(nlp, docs: List[Doc], batch_size: int, component_cfg=None) -> floa
     return time.perf_counter() - start
 
 
-def build_reference(backbone: str, labels: List[str], task: str):
+def build_reference(backbone: str, labels: List[str], vocab):
     """A plain spacy-transformers pipeline on the same backbone (untrained
     heads: throughput only)."""
     from spacy.lang.en import English
 
-    nlp = English()
+    nlp = English(vocab=vocab)
     nlp.add_pipe(
         "transformer",
         config={
@@ -142,7 +130,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     reference = None
     if args.reference_backbone:
         labels = sorted({getattr(t, "tag_") for d in gold_docs for t in d} - {""})
-        reference = build_reference(args.reference_backbone, labels, tagger.task.name)
+        reference = build_reference(args.reference_backbone, labels, nlp.vocab)
         rows["spacy-transformers"] = {"setting": None, "seconds": []}
 
     # timing: interleaved repetitions
@@ -157,7 +145,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             rows[setting_name(setting)]["seconds"].append(seconds)
         if reference is not None:
             rows["spacy-transformers"]["seconds"].append(
-                time_pipe(reference, fresh_docs(reference, gold_docs), args.batch_size)
+                time_pipe(reference, fresh_docs(nlp, gold_docs), args.batch_size)
             )
         print(f"repetition {repetition + 1}/{args.repetitions} done")
     base = statistics.median(rows["off"]["seconds"]) if "off" in rows else None

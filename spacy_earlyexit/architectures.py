@@ -1,6 +1,6 @@
 """Registered architectures and settings blocks (versioned; never edit a
 released version, add a new one)."""
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 from spacy.util import registry
 

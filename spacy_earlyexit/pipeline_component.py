@@ -166,7 +166,9 @@ class EarlyExitTagger(TrainablePipe):
         return self.exit_settings.updated(**overrides)
 
     # --- inference ---------------------------------------------------------
-    def __call__(self, doc: Doc, **exit_overrides: Any) -> Doc:
+    def __call__(self, doc: Doc, *, batch_size: Optional[int] = None, **exit_overrides: Any) -> Doc:
+        # batch_size is accepted and ignored: nlp.pipe writes it into the
+        # component_cfg dict it is given, which users then pass to nlp() too
         settings = self._settings_for_call(exit_overrides)
         error_handler = self.get_error_handler()
         try:

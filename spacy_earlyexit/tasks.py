@@ -4,7 +4,7 @@ annotation. A task knows nothing of the model; the component picks one by name.
 Every task maps a doc to one class per token, so that adding a task (Chinese
 word segmentation, say) touches only this registry.
 """
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from spacy.parts_of_speech import IDS as POS_IDS
 from spacy.scorer import Scorer, get_ner_prf

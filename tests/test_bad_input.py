@@ -6,23 +6,12 @@ from typing import Dict, List, Optional
 
 import pytest
 import spacy
-import torch
 from spacy.language import Language
 from spacy.tokens import Doc, Span
 from spacy.training import Example
 from spacy.util import fix_random_seed
 
 from conftest import NER_DATA, POS_DATA
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One torch thread while this module runs: with a background job on the
-    other core, two threads spin against each other (~50x slower steps)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 TAGGER = "earlyexit_tagger"

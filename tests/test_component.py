@@ -20,16 +20,6 @@ from spacy.util import fix_random_seed, registry
 from conftest import NER_DATA, POS_DATA
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One torch thread while this module runs: with a background job on the
-    other core, two threads spin against each other (~50x slower steps)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 TASK_DATA_KEYS = {"ner": "entities", "pos": "pos", "tag": "tags"}
 HEADLINE = {"ner": "ents_f", "pos": "pos_acc", "tag": "tag_acc"}
 

@@ -9,7 +9,6 @@ from typing import Dict, List, Optional, Sequence
 
 import pytest
 import spacy
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from spacy.language import Language
@@ -25,16 +24,6 @@ from spacy_earlyexit.convert_zh import (
 from spacy_earlyexit.layers.wordpieces import tokenize_docs
 from spacy_earlyexit.segmentation import SegmentTask, bmes_classes, decode_bmes
 from spacy_earlyexit.tasks import get_task
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One torch thread while this module runs: with a background job on the
-    other core, two threads spin against each other (~50x slower steps)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 # gold words, separated by "|"; " " is a real space in the text

@@ -22,16 +22,6 @@ from spacy.util import fix_random_seed, load_model_from_config
 from conftest import NER_DATA, POS_DATA
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One torch thread while this module runs: with a background job on the
-    other core, two threads spin against each other (~50x slower steps)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 TAGGER = "earlyexit_tagger"
 TEXTS = [text for text, _ in NER_DATA + POS_DATA] + ["hello world", "", "Alice  met \n Bob ."]
 # after 100 steps these give a mix of exit layers (checked in the fixture)

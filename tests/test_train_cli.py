@@ -4,23 +4,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import spacy
 import srsly
-import torch
 from spacy.tokens import Doc, DocBin
 
 from conftest import POS_DATA
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One torch thread while this module runs: with a background job on the
-    other core, two threads spin against each other (~50x slower steps)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 ROOT = Path(__file__).resolve().parent.parent

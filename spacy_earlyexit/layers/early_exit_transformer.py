@@ -5,7 +5,7 @@ batches spans sorted by length, and maps word outputs back to tokens. The
 exit settings and self-sampling settings are read from the model's attrs,
 which the pipeline component sets.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy

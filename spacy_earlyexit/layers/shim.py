@@ -13,7 +13,6 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from thinc.api import PyTorchShim, get_torch_default_device
-from thinc.types import FloatsXd
 from thinc.util import torch2xp, xp2torch
 
 from ..model import EarlyExitEncoder

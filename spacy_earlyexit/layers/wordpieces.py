@@ -8,7 +8,7 @@ ever truncated away. A token that appears in several (overlapping) spans takes
 its output from the span in which it sits farthest from an edge.
 """
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 import numpy
 import torch

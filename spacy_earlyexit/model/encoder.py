@@ -6,7 +6,7 @@ are frozen (their pieces keep their state and serve as keys/values), and spans
 whose words have all exited are dropped from the batch.
 """
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional
 
 import torch

@@ -4,7 +4,7 @@ These settings are the speed/accuracy dial. They are plain data, validated on
 construction, and know nothing of spaCy.
 """
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Dict, List, Optional, Tuple
 
 EXIT_MODES: Tuple[str, ...] = ("off", "sentence", "token")
