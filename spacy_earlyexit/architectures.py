@@ -56,9 +56,9 @@ def make_self_sampling_v1(
     window_includes_exited: bool = False,
 ) -> SelfSampling:
     """Self-sampling fine-tuning settings (see METHOD.md, Training)."""
-    return SelfSampling(
-        window_range=tuple(window_range),
-        threshold_range=tuple(threshold_range),
+    return make_self_sampling_v2(
+        window_range=window_range,
+        threshold_range=threshold_range,
         full_depth_share=full_depth_share,
         aggressive_share=aggressive_share,
         window_includes_exited=window_includes_exited,

@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, List
 from spacy.language import Language
 from spacy.util import registry
 
-from .model.self_sampling import SelfSampling
+from .architectures import make_self_sampling_v2
 from .pipeline_component import layer_loss_weights
 
 BeforeUpdate = Callable[[Language, Dict[str, Any]], None]
@@ -52,9 +52,9 @@ def make_enable_self_sampling(
         stage-1 loss.
     """
     settings = asdict(
-        SelfSampling(
-            window_range=tuple(window_range),
-            threshold_range=tuple(threshold_range),
+        make_self_sampling_v2(
+            window_range=window_range,
+            threshold_range=threshold_range,
             full_depth_share=full_depth_share,
             aggressive_share=aggressive_share,
             window_includes_exited=window_includes_exited,
