@@ -7,6 +7,7 @@
     sweep           exit mode x threshold x window on a dev set -> JSON, markdown, PNG
     choose          pick an operating point from a sweep and save it in a pipeline
     demo-annotate   annotate a few sentences, print entities with their exit layers
+    annotate        annotate a JSONL or .spacy corpus, in this process or on Ray -> JSONL or .spacy
 
 Each command prints what it did; see `python -m spacy_earlyexit <command> --help`.
 """
@@ -217,6 +218,27 @@ def cmd_demo_annotate(args: argparse.Namespace) -> None:
         print(f"  mean exit layer {summary['exit_layer_mean']:.2f}, FLOPs speed-up {summary['flops_speedup']:.2f}x")
 
 
+def cmd_annotate(args: argparse.Namespace) -> None:
+    from .annotate import annotate
+
+    overrides = {name: value for name, value in
+                 (("exit_mode", args.exit_mode), ("threshold", args.threshold), ("window", args.window))
+                 if value is not None}
+    try:
+        result = annotate(
+            args.pipeline, args.input, args.output, engine=args.engine, batch_size=args.batch_size,
+            workers=args.workers, threads=args.threads, exit_overrides=overrides, address=args.address,
+            ship_pipeline=args.ship_pipeline, progress=not args.no_progress,
+        )
+    except ImportError as error:  # the ray engine without ray installed
+        raise SystemExit(f"error: {error}") from error
+    setting = ", ".join(f"{name}={value}" for name, value in overrides.items()) or "the pipeline's saved setting"
+    engine = f"ray, {args.workers} workers" if args.engine == "ray" else "local"
+    print(f"{args.input}: {result.n_docs} docs, {result.n_tokens} tokens -> {result.output} "
+          f"({engine}, exit: {setting}; {result.seconds:.1f} s, "
+          f"{result.n_docs / max(result.seconds, 1e-9):.1f} docs/s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m spacy_earlyexit", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -280,6 +302,27 @@ def build_parser() -> argparse.ArgumentParser:
     annotate.add_argument("pipeline")
     annotate.add_argument("--text", action="append", default=None, help="a sentence (repeatable)")
     annotate.set_defaults(func=cmd_demo_annotate)
+
+    corpus = commands.add_parser("annotate", help="annotate a JSONL or .spacy corpus (locally or on Ray)")
+    corpus.add_argument("pipeline", help="saved pipeline folder")
+    corpus.add_argument("input", help='.jsonl (one {"text": ...} object per line) or .spacy')
+    corpus.add_argument("output", help=".jsonl or .spacy")
+    corpus.add_argument("--engine", choices=["local", "ray"], default="local")
+    corpus.add_argument("--batch-size", type=int, default=128, help="docs per batch")
+    corpus.add_argument("--workers", type=int, default=2, help="Ray actors, each loading the pipeline once")
+    corpus.add_argument("--threads", type=int, default=None,
+                        help="torch threads per process (default: torch's setting locally, 1 per Ray actor)")
+    corpus.add_argument("--exit-mode", choices=["off", "sentence", "token"], default=None,
+                        help="override the saved exit setting for this run")
+    corpus.add_argument("--threshold", type=float, default=None, help="override the saved threshold")
+    corpus.add_argument("--window", type=int, default=None, help="override the saved window")
+    corpus.add_argument("--address", default=None,
+                        help="existing Ray cluster (auto, ray://host:10001); default: a local one")
+    corpus.add_argument("--ship-pipeline", action=argparse.BooleanOptionalAction, default=None,
+                        help="send the pipeline files to the Ray actors through the object store "
+                             "(default: only with --address)")
+    corpus.add_argument("--no-progress", action="store_true")
+    corpus.set_defaults(func=cmd_annotate)
     return parser
 
 

@@ -5,6 +5,7 @@ DocBin(store_user_data=True) and nlp.pipe(..., n_process=2).
 """
 from typing import Any, Dict, List, Optional
 
+from spacy.attrs import IDX
 from spacy.tokens import Doc, Token
 
 
@@ -20,6 +21,20 @@ def register_extensions() -> None:
         Doc.set_extension("exit_layers", getter=_doc_exit_layers)
     if not Doc.has_extension("early_exit"):
         Doc.set_extension("early_exit", default=None)
+
+
+def set_exit_layers(doc: Doc, exit_layers: List[int]) -> None:
+    """Set Token._.exit_layer on every token of `doc` at once.
+
+    Writes the user_data entries that `token._.exit_layer = value` writes
+    (spaCy keys a token's extension values by its character offset), without
+    creating a Token object per token.
+    """
+    if len(exit_layers) != len(doc):
+        raise ValueError(f"{len(exit_layers)} exit layers for a doc of {len(doc)} tokens")
+    user_data = doc.user_data
+    for char_offset, layer in zip(doc.to_array(IDX).tolist(), exit_layers):
+        user_data[("._.", "exit_layer", char_offset, None)] = layer
 
 
 def exit_summary(exit_layers: List[int], cost: float, full_cost: float) -> Dict[str, Any]:

@@ -6,11 +6,15 @@ pos_ (through a Task), token._.exit_layer and doc._.early_exit, trains with a
 depth-weighted sum of per-layer cross-entropies, and owns the exit settings
 (the run-time speed/accuracy dial).
 """
+import json
+import warnings
 from dataclasses import asdict
 from itertools import islice
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
 import numpy
+from spacy import util
 from spacy.errors import Errors
 from spacy.language import Language
 from spacy.pipeline import TrainablePipe
@@ -21,9 +25,12 @@ from spacy.vocab import Vocab
 from thinc.api import Config, Model
 
 from .layers.early_exit_transformer import EXIT_SETTINGS_ATTR, SELF_SAMPLING_ATTR, TokenOutputs
+from .layers.shim import ModelDataError
+from .layers.wordpieces import lender_index
 from .model import EXIT_SETTING_NAMES, ExitSettings
 from .model.self_sampling import SelfSampling
-from .extensions import exit_summary, register_extensions
+from . import memory
+from .extensions import exit_summary, register_extensions, set_exit_layers
 from .scorers import score_early_exit
 from .tasks import get_task
 
@@ -180,12 +187,17 @@ class EarlyExitTagger(TrainablePipe):
     def pipe(self, stream: Iterable[Doc], *, batch_size: int = 128, **exit_overrides: Any) -> Iterator[Doc]:
         settings = self._settings_for_call(exit_overrides)
         error_handler = self.get_error_handler()
+        since_release = 0
         for docs in minibatch(stream, size=batch_size):
             try:
                 self.set_annotations(docs, self._predict(settings, docs))
                 yield from docs
             except Exception as error:  # noqa: BLE001
                 error_handler(self.name, self, docs, error)
+            since_release += len(docs)
+            if memory.RELEASE_EVERY_DOCS and since_release >= memory.RELEASE_EVERY_DOCS:
+                memory.release_free_memory()  # keeps RSS flat on long streams (memory.py)
+                since_release = 0
 
     def predict(self, docs: Iterable[Doc]) -> TokenOutputs:
         return self._predict(self.exit_settings, list(docs))
@@ -209,9 +221,8 @@ class EarlyExitTagger(TrainablePipe):
         for doc, labels, exits, own, cost in zip(
             docs, outputs.labels, outputs.exit_layers, outputs.has_output, outputs.costs
         ):
-            exit_list = [int(e) if e > 0 else 1 for e in exits]
-            for token, layer in zip(doc, exit_list):
-                token._.exit_layer = layer
+            exit_list = numpy.maximum(exits, 1).tolist()
+            set_exit_layers(doc, exit_list)
             doc._.early_exit = exit_summary(exit_list, *cost)
             # after the exit layers: a task may retokenize (and merge them)
             self._annotate(doc, labels, own, classes, self.cfg["overwrite"])
@@ -219,7 +230,9 @@ class EarlyExitTagger(TrainablePipe):
     def _annotate(self, doc: Doc, labels, own, classes: List[str], overwrite: bool) -> None:
         task = self.task
         values: List[Optional[str]] = []
-        for token, label, has_own in zip(doc, labels, own):
+        lenders = lender_index(numpy.asarray(own, dtype=bool)).tolist()
+        copied: List[int] = []  # per token: the token whose class it copied, or -1
+        for token, label, has_own, lender in zip(doc, labels, own, lenders):
             if not has_own and token.is_space and task.whitespace_class is not None:
                 values.append(task.whitespace_class)
             elif label < 0:
@@ -228,7 +241,10 @@ class EarlyExitTagger(TrainablePipe):
                 values.append(None)
             else:
                 values.append(classes[label])
-        task.annotate(doc, values, overwrite)
+                copied.append(-1 if has_own else lender)
+                continue
+            copied.append(-1)
+        task.annotate(doc, task.join_borrowed(values, copied), overwrite)
 
     # --- training ----------------------------------------------------------
     def initialize(
@@ -238,6 +254,13 @@ class EarlyExitTagger(TrainablePipe):
         nlp: Optional[Language] = None,
         labels: Optional[Sequence[str]] = None,
     ) -> None:
+        # spacy train passes a generator function, which validate_get_examples
+        # accepts even when the corpus is empty
+        if callable(get_examples) and next(iter(get_examples()), None) is None:
+            raise ValueError(
+                f"{self.name}: no training examples: get_examples() gave none. With "
+                "`spacy train`, check that the training corpus (paths.train) holds docs."
+            )
         validate_get_examples(get_examples, "EarlyExitTagger.initialize")
         task = self.task
         if labels is None:
@@ -248,13 +271,24 @@ class EarlyExitTagger(TrainablePipe):
         if not labels and task.name != "segment":
             raise ValueError(
                 f"{self.name}: found no {task.name} labels in the initialization examples "
-                "(nor any added with add_label)"
+                f"(nor any added with add_label): {self._missing_annotation(get_examples())}"
             )
         self.cfg["labels"] = sorted(labels)
         self.model.set_dim("nO", len(self.classes))
         docs = [eg.predicted for eg in islice(get_examples(), 10)]
         self.model.initialize(X=docs)
         self.configure_exit()
+
+    def _missing_annotation(self, examples: Iterable[Example]) -> str:
+        """Why examples gave no labels: no annotation, or annotation without labels."""
+        task = self.task
+        examples = list(examples)
+        if any(task.has_annotation(eg.reference) for eg in examples):
+            return f"the reference docs carry {task.annotation}, but no label (e.g. no entity at all)"
+        reason = f"none of the {len(examples)} reference docs has {task.annotation}"
+        if task.name == "pos" and any(eg.reference.has_annotation("TAG") for eg in examples):
+            reason += "; they have fine-grained tags (token.tag_): use task 'tag' for those"
+        return reason
 
     def update(
         self,
@@ -304,6 +338,16 @@ class EarlyExitTagger(TrainablePipe):
                         "initialize with examples that contain every label"
                     )
         gold = numpy.asarray(truth, dtype="int64")
+        if len(gold) and not (gold >= 0).any():
+            # a warning, not an error: partially annotated corpora (several
+            # tasks' docs mixed) can give a batch without this annotation
+            warnings.warn(
+                f"{self.name}: no token of this training batch has a gold {self.task.name} "
+                f"label: the reference docs carry no {self.task.annotation} (or it does not "
+                "align with the predicted tokens); the batch teaches nothing",
+                UserWarning,
+                stacklevel=3,
+            )
         logits = outputs.layer_logits
         n_layers = logits.shape[0]
         own = numpy.concatenate(outputs.has_output) if outputs.has_output else numpy.zeros(0, bool)
@@ -333,15 +377,126 @@ class EarlyExitTagger(TrainablePipe):
             raise ValueError(Errors.E910.format(name=self.name))
         return loss, d_logits.astype("float32")
 
+    # --- serialization -----------------------------------------------------
+    def from_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> "EarlyExitTagger":
+        """Load the component's settings (cfg) and model (weights, transformer
+        config, tokenizer) from `path`. Errors name the file and what is
+        wrong with it; nothing is unpickled."""
+        path = util.ensure_path(path)
+        configured_task = self.cfg["task"]
+
+        def load_cfg(file: Path) -> None:
+            if not file.exists():
+                raise ValueError(f"{self.name}: the saved pipeline lacks {file} (labels and settings)")
+            try:
+                # the standard library parses floats exactly (srsly's reader
+                # can be 1 ulp off, e.g. a threshold of 0.7 came back as 0.7000000000000001)
+                cfg = json.loads(file.read_text(encoding="utf8"))
+            except ValueError as error:
+                raise ValueError(f"{self.name}: {file} is not valid JSON ({error})") from error
+            self._check_saved_task(configured_task, cfg, file)
+            self.cfg.update(cfg)
+
+        def load_model(file: Path) -> None:
+            if not file.exists():
+                raise ValueError(
+                    f"{self.name}: the saved pipeline lacks its model file {file} (weights, "
+                    "transformer config, tokenizer); save the pipeline again with nlp.to_disk"
+                )
+            self._load_model_bytes(file.read_bytes(), str(file))
+
+        readers = {
+            "cfg": load_cfg,
+            "vocab": lambda file: self.vocab.from_disk(file, exclude=exclude),
+            "model": load_model,
+        }
+        util.from_disk(path, readers, exclude)
+        if "model" not in exclude:
+            self._check_classes(str(path))
+        return self
+
+    def from_bytes(self, bytes_data: bytes, *, exclude: Iterable[str] = tuple()) -> "EarlyExitTagger":
+        """As from_disk, from the bytes of to_bytes."""
+        configured_task = self.cfg["task"]
+
+        def load_cfg(data: bytes) -> None:
+            cfg = json.loads(data)
+            self._check_saved_task(configured_task, cfg, "the component data")
+            self.cfg.update(cfg)
+
+        readers = {
+            "cfg": load_cfg,
+            "vocab": lambda data: self.vocab.from_bytes(data, exclude=exclude),
+            "model": lambda data: self._load_model_bytes(data, "the model data"),
+        }
+        util.from_bytes(bytes_data, readers, exclude)
+        if "model" not in exclude:
+            self._check_classes("the component data")
+        return self
+
+    def _load_model_bytes(self, data: bytes, source: str) -> None:
+        try:
+            self.model.from_bytes(data)
+        except ModelDataError as error:
+            raise ValueError(f"{self.name}: cannot load {source}: {error}") from error
+        except Exception as error:  # noqa: BLE001 - thinc's msgpack layer: any failure is a bad file
+            raise ValueError(
+                f"{self.name}: cannot load {source} ({len(data)} bytes): it is corrupt, truncated "
+                f"or not an earlyexit_tagger model ({type(error).__name__}: {error})"
+            ) from error
+
+    def _check_saved_task(self, configured_task: str, cfg: Dict[str, Any], source: Any) -> None:
+        saved = cfg.get("task", configured_task)
+        if saved != configured_task:
+            raise ValueError(
+                f"{self.name}: the pipeline's config sets task {configured_task!r}, but the "
+                f"component saved in {source} was trained for task {saved!r}; a trained "
+                f"component cannot change its task: set task = {saved!r} in config.cfg, or "
+                "train a new pipeline"
+            )
+
+    def _check_classes(self, source: str) -> None:
+        """The saved labels (cfg) must give the saved model's number of outputs."""
+        if not self._is_initialized():
+            return
+        n_outputs = self.model.shims[0].encoder.n_classes
+        classes = self.classes
+        if len(classes) != n_outputs:
+            raise ValueError(
+                f"{self.name}: in {source}, the saved labels give {len(classes)} "
+                f"{self.task.name} classes, but the saved model has {n_outputs} outputs: "
+                "the labels (cfg) and the model file come from different pipelines"
+            )
+
     # --- scoring -----------------------------------------------------------
     def score(self, examples: Iterable[Example], **kwargs: Any) -> Dict[str, Any]:
         """The scorer's scores plus, if score_layers, the headline score of
         every off-ramp at full depth (e.g. pos_acc_layer_3)."""
         examples = list(examples)
+        if self._is_initialized():
+            self._warn_unknown_labels(examples)
         scores = self.scorer(examples, task=self.task.name, **kwargs)
         if self.cfg["score_layers"] and examples and self._is_initialized():
             scores.update(self.score_layers(examples, **kwargs))
         return scores
+
+    def _warn_unknown_labels(self, examples: List[Example]) -> None:
+        """Warn about gold labels of evaluation data (e.g. spacy train's dev
+        set) that the component was not initialized with: it can never
+        predict them, so they count as errors. A warning, not an error: a
+        rare label missing from the training data should not stop training."""
+        task = self.task
+        known = set(self.cfg["labels"]) | set(task.classes(self.cfg["labels"]))
+        unknown = sorted(task.labels_from_examples(examples) - known)
+        if unknown:
+            warnings.warn(
+                f"{self.name}: the evaluation data has {task.name} label(s) the component "
+                f"was not trained with: {', '.join(map(repr, unknown))}. It never predicts "
+                "them, so they count as errors; add them to the training data (or with "
+                "add_label before initialize) to learn them.",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def score_layers(self, examples: List[Example], **kwargs: Any) -> Dict[str, Any]:
         """Run the predicted docs at full depth and score each off-ramp."""

@@ -40,6 +40,20 @@ class Task:
     #: the task makes its own tokens (segmentation): it is evaluated on the
     #: pipeline's tokenization of the text, not on the gold tokens
     retokenizes: bool = False
+    #: the reference annotation the task trains on, for error messages
+    annotation: str = ""
+    #: the Doc.has_annotation attribute that tells whether a reference doc
+    #: carries that annotation ("": always)
+    annotation_attr: str = ""
+
+    def join_borrowed(self, classes: List[Optional[str]], lender: Sequence[int]) -> List[Optional[str]]:
+        """Adjust the classes of tokens that copied a neighbour's class (see
+        borrow_classes). lender: per token, the token it copied, or -1."""
+        return classes
+
+    def has_annotation(self, doc: Doc) -> bool:
+        """Whether a reference doc carries any annotation of this task."""
+        return not self.annotation_attr or doc.has_annotation(self.annotation_attr)
 
     def labels_from_examples(self, examples: Iterable[Example]) -> Set[str]:
         raise NotImplementedError
@@ -104,6 +118,8 @@ class TagTask(TokenAttributeTask):
     attr = "tag"
     score_keys = ("tag_acc",)
     whitespace_class = "_SP"
+    annotation = "fine-grained tags (token.tag_)"
+    annotation_attr = "TAG"
 
     def classes(self, labels: Sequence[str]) -> List[str]:
         return sorted(set(labels) | {self.whitespace_class})
@@ -116,6 +132,8 @@ class PosTask(TokenAttributeTask):
     attr = "pos"
     score_keys = ("pos_acc",)
     whitespace_class = "SPACE"
+    annotation = "Universal POS tags (token.pos_)"
+    annotation_attr = "POS"
 
     def validate_labels(self, labels: Iterable[str]) -> None:
         invalid = sorted(label for label in labels if label not in POS_IDS or not label)
@@ -161,12 +179,24 @@ def decode_biluo(classes: Sequence[Optional[str]]) -> List[Tuple[int, int, str]]
     return entities
 
 
+def _spread_biluo(value: Optional[str], n: int) -> List[Optional[str]]:
+    """The classes of n tokens that share one piece whose class is `value`."""
+    prefix, _, label = (value or "O").partition("-")
+    if prefix not in BILUO_PREFIXES or not label:
+        return [value] * n
+    first = "B" if prefix in ("B", "U") else "I"
+    last = "L" if prefix in ("L", "U") else "I"
+    return [f"{first}-{label}"] + [f"I-{label}"] * (n - 2) + [f"{last}-{label}"]
+
+
 class NerTask(Task):
     """Named entities in doc.ents, BILUO classes per token."""
 
     name = "ner"
     score_keys = ("ents_f", "ents_p", "ents_r")
     whitespace_class = "O"
+    annotation = "entity annotation (doc.ents, token.ent_iob_)"
+    annotation_attr = "ENT_IOB"
 
     def labels_from_examples(self, examples: Iterable[Example]) -> Set[str]:
         return {ent.label_ for eg in examples for ent in eg.reference.ents}
@@ -182,6 +212,27 @@ class NerTask(Task):
 
     def gold_classes(self, example: Example) -> List[Optional[str]]:
         return [None if value in (None, "-", "") else value for value in example.get_aligned_ner()]
+
+    def join_borrowed(self, classes: List[Optional[str]], lender: Sequence[int]) -> List[Optional[str]]:
+        """A word piece that spans several tokens (e.g. "2008" or a Latin word
+        in a doc of single characters) gives its class to all of them: spread
+        it as one piece of an entity, so a copied B-X becomes B-X I-X ... I-X
+        and a U-X becomes B-X I-X ... L-X, instead of one entity per token.
+
+        lender: per token, the token whose class it copied, or -1 where the
+        class is its own.
+        """
+        joined = list(classes)
+        n, i = len(joined), 0
+        while i < n:
+            owner = lender[i] if lender[i] >= 0 else i
+            end = i + 1
+            while end < n and (lender[end] == owner or end == owner):
+                end += 1
+            if end - i > 1 and i <= owner < end:
+                joined[i:end] = _spread_biluo(classes[owner], end - i)
+            i = end
+        return joined
 
     def annotate(self, doc: Doc, classes: Sequence[Optional[str]], overwrite: bool) -> None:
         spans = [Span(doc, start, end, label=label) for start, end, label in decode_biluo(classes)]

@@ -12,7 +12,7 @@ from typing import List, Sequence, Tuple
 import numpy
 import pytest
 
-from spacy_earlyexit.model import EncoderShape, span_cost
+from spacy_earlyexit.model import EncoderShape, span_cost, spans_cost
 
 # L = 3 layers, d = 4, d_ff = 8, C = 2 classes
 SHAPE = EncoderShape(n_layers=3, hidden_size=4, intermediate_size=8, n_classes=2)
@@ -144,3 +144,28 @@ def test_cost_never_rises_when_a_word_exits_earlier() -> None:
                 earlier = list(exits)
                 earlier[w] -= 1
                 assert span_cost(SHAPE, [1, 2, 1], OTHER, earlier)[0] < cost
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_batched_closed_form_equals_per_span_enumeration(seed: int) -> None:
+    """spans_cost (closed form over many spans) against span_cost per span,
+    including spans without words."""
+    rng = numpy.random.default_rng(100 + seed)
+    shape = EncoderShape(
+        n_layers=int(rng.integers(1, 7)),
+        hidden_size=int(rng.integers(2, 9)),
+        intermediate_size=int(rng.integers(2, 17)),
+        n_classes=int(rng.integers(1, 6)),
+    )
+    n_spans = 12
+    words_per_span = rng.integers(0, 6, size=n_spans)
+    offsets = numpy.concatenate([[0], numpy.cumsum(words_per_span)])
+    pieces = rng.integers(1, 4, size=int(offsets[-1]))
+    other = rng.integers(0, 4, size=n_spans)
+    exits = rng.integers(1, shape.n_layers + 1, size=int(offsets[-1]))
+    cost, full = spans_cost(shape, pieces, offsets, other, exits)
+    for s in range(n_spans):
+        start, end = offsets[s], offsets[s + 1]
+        expected = span_cost(shape, pieces[start:end].tolist(), int(other[s]), exits[start:end].tolist())
+        assert cost[s] == pytest.approx(expected[0], rel=1e-12)
+        assert full[s] == pytest.approx(expected[1], rel=1e-12)

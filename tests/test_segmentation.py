@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+import numpy
 import pytest
 import spacy
 from hypothesis import given, settings
@@ -387,3 +388,62 @@ def test_ud_gsdsimp_converts():
     assert len(docs) == 500
     examples = [Example(ZH.make_doc(d.text), d) for d in docs[:50]]
     assert all(None not in SegmentTask().gold_classes(eg) for eg in examples)
+
+
+# --- NER on pieces longer than a character ------------------------------------------
+@pytest.mark.parametrize(
+    "classes,lender,expected",
+    [
+        # one piece over three tokens, its class copied to the two after it
+        (["U-ORG", "U-ORG", "U-ORG"], [-1, 0, 0], ["B-ORG", "I-ORG", "L-ORG"]),
+        (["B-ORG", "B-ORG", "O"], [-1, 0, -1], ["B-ORG", "I-ORG", "O"]),
+        (["I-ORG", "I-ORG", "L-ORG"], [-1, 0, -1], ["I-ORG", "I-ORG", "L-ORG"]),
+        (["B-X", "L-X", "L-X"], [-1, -1, 1], ["B-X", "I-X", "L-X"]),
+        (["O", "O", "U-X"], [-1, 0, -1], ["O", "O", "U-X"]),
+        # tokens at the start copy the first token that has a class of its own
+        (["U-LOC", "U-LOC", "O"], [1, -1, -1], ["B-LOC", "L-LOC", "O"]),
+        # a whitespace token (own class) between a lender and a borrower breaks the group
+        (["U-X", "O", "U-X"], [-1, -1, 0], ["U-X", "O", "U-X"]),
+        ([], [], []),
+    ],
+)
+def test_ner_spreads_a_copied_class_over_its_piece(classes, lender, expected):
+    assert get_task("ner").join_borrowed(classes, lender) == expected
+    # other tasks copy classes as they are
+    assert get_task("pos").join_borrowed(classes, lender) == classes
+
+
+def test_ner_entity_on_a_multi_character_piece(char_bert, tmp_path):
+    """With a vocabulary holding "iPhone" as one piece (as bert-base-chinese
+    holds Latin words), the piece's class covers all six character tokens:
+    one entity, not six."""
+    from transformers import AutoTokenizer
+
+    from spacy_earlyexit.layers.early_exit_transformer import TokenOutputs
+
+    vocab_file = char_bert / "vocab.txt"
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    for path in char_bert.iterdir():
+        if path.is_file() and path.name not in ("vocab.txt", "tokenizer.json"):
+            (bert / path.name).write_bytes(path.read_bytes())
+    lines = vocab_file.read_text(encoding="utf8").splitlines()
+    lines[-1] = "iPhone"  # same vocabulary size, the last entry replaced
+    (bert / "vocab.txt").write_text("\n".join(lines) + "\n", encoding="utf8")
+    assert AutoTokenizer.from_pretrained(bert).tokenize("用iPhone看") == ["用", "iPhone", "看"]
+    nlp = make_nlp(bert, task="ner")
+    tagger = nlp.get_pipe("earlyexit_tagger")
+    tagger.add_label("ORG")
+    nlp.initialize()
+    doc = nlp.make_doc("用iPhone看")
+    assert len(doc) == 8
+    raw = tagger.model.predict([doc])  # the alignment: "iPhone" is owned by "i"
+    assert raw.has_output[0].tolist() == [True, True] + [False] * 5 + [True]
+    classes = tagger.classes
+    labels = [classes.index("O"), classes.index("U-ORG")] + [classes.index("U-ORG")] * 5 + [classes.index("O")]
+    outputs = TokenOutputs(
+        labels=[numpy.asarray(labels)], exit_layers=[numpy.ones(8, dtype="int64")],
+        has_output=raw.has_output, costs=[(1.0, 1.0)],
+    )
+    tagger.set_annotations([doc], outputs)
+    assert [(e.text, e.label_) for e in doc.ents] == [("iPhone", "ORG")]

@@ -1,6 +1,6 @@
 """Saving and loading: to_disk/from_disk without the original model folder,
 to_bytes/from_bytes, persisted exit settings, custom attributes through doc
-serialization and multiprocessing, no pickle, `spacy package`."""
+serialization and multiprocessing, no pickle or remote code, `spacy package`."""
 import os
 import pickle
 import shutil
@@ -13,6 +13,7 @@ import pytest
 import spacy
 import srsly
 import torch
+import transformers
 from safetensors.torch import load as load_safetensors
 from spacy.language import Language
 from spacy.tokens import Doc, DocBin
@@ -135,9 +136,9 @@ def test_configure_exit_is_persisted(saved, tmp_path):
     loaded = spacy.load(tmp_path / "changed")
     settings = loaded.get_pipe(TAGGER).exit_settings
     assert (settings.exit_mode, settings.sentence_score) == ("sentence", "mean")
-    # srsly's JSON reader parses 0.3 as 0.30000000000000004 (1 ulp): the same
-    # float32 threshold, which is what the exit rule compares against
-    assert settings.threshold == pytest.approx(0.3, rel=1e-15, abs=0)
+    # exactly (srsly's JSON reader, which loading used before, parsed 0.3 as
+    # 0.30000000000000004)
+    assert settings.threshold == 0.3
     assert results(list(loaded.pipe(TEXTS))) == expected
 
 
@@ -198,8 +199,28 @@ def test_saved_model_holds_no_pickle(saved, monkeypatch):
     monkeypatch.setattr(torch, "load", refuse)
     monkeypatch.setattr(pickle, "load", refuse)
     monkeypatch.setattr(pickle, "loads", refuse)
+    # nor run remote code: record every Hugging Face loader's keyword arguments
+    calls = []
+
+    def recorder(owner, method):
+        original = getattr(owner, method)
+
+        def record(*args, **kwargs):
+            calls.append((f"{owner.__name__}.{method}", kwargs))
+            return original(*args, **kwargs)
+
+        return record
+
+    for owner in (transformers.AutoConfig, transformers.AutoModel, transformers.AutoTokenizer):
+        for method in ("from_pretrained", "from_config", "for_model"):
+            if hasattr(owner, method):
+                monkeypatch.setattr(owner, method, recorder(owner, method))
     loaded = spacy.load(folder)
     assert results(list(loaded.pipe(TEXTS))) == expected
+    assert {name for name, _ in calls} >= {
+        "AutoConfig.for_model", "AutoModel.from_config", "AutoTokenizer.from_pretrained"
+    }
+    assert not [name for name, kwargs in calls if kwargs.get("trust_remote_code")]
 
 
 # --- spacy package -----------------------------------------------------------------------

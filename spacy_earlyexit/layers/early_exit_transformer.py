@@ -13,7 +13,7 @@ import torch
 from spacy.tokens import Doc
 from thinc.api import Model, get_torch_default_device
 
-from ..model import EarlyExitEncoder, ExitSettings, span_cost
+from ..model import EarlyExitEncoder, ExitSettings, spans_cost
 from ..model.self_sampling import ReferencePredictions, SelfSampling, sample_exit_layers
 from .shim import EarlyExitShim
 from .wordpieces import DocPieces, SpanGetter, lender_index, max_pieces_of, tokenize_docs
@@ -251,14 +251,17 @@ def _reference_predictions(shim: EarlyExitShim, encoder: EarlyExitEncoder) -> Re
 def _to_tokens(docs, doc_pieces: DocPieces, word_offsets, word_label, word_exit, encoder):
     """Map word results to tokens; tokens without a piece borrow a neighbour's."""
     labels, exits, has_output, costs, token_words = [], [], [], [], []
-    shape = encoder.shape
-    doc_costs = [[0.0, 0.0] for _ in docs]
-    for span_index, span in enumerate(doc_pieces.spans):
-        counts, other = span.word_piece_counts()
-        start, end = word_offsets[span_index], word_offsets[span_index + 1]
-        cost, full = span_cost(shape, counts, other, word_exit[start:end])
-        doc_costs[span.doc_index][0] += cost
-        doc_costs[span.doc_index][1] += full
+    spans = doc_pieces.spans
+    word_pieces = numpy.fromiter(
+        (n for span in spans for n in span.word_n_pieces), dtype="int64", count=int(word_offsets[-1])
+    )
+    other = numpy.asarray(
+        [len(span.piece_word) - sum(span.word_n_pieces) for span in spans], dtype="int64"
+    )
+    span_doc = numpy.asarray([span.doc_index for span in spans], dtype="int64")
+    span_costs, span_full = spans_cost(encoder.shape, word_pieces, word_offsets, other, word_exit)
+    doc_cost = numpy.bincount(span_doc, weights=span_costs, minlength=len(docs))
+    doc_full = numpy.bincount(span_doc, weights=span_full, minlength=len(docs))
     for doc_index, source in enumerate(doc_pieces.token_source):
         own = source[:, 0] >= 0
         word = numpy.where(own, word_offsets[numpy.maximum(source[:, 0], 0)] + source[:, 1], -1)
@@ -266,7 +269,7 @@ def _to_tokens(docs, doc_pieces: DocPieces, word_offsets, word_label, word_exit,
         exits.append(_borrowed(word_exit, word, 0))
         has_output.append(own)
         token_words.append(word)
-        costs.append(tuple(doc_costs[doc_index]))
+        costs.append((float(doc_cost[doc_index]), float(doc_full[doc_index])))
     return TokenOutputs(labels=labels, exit_layers=exits, has_output=has_output, costs=costs), token_words
 
 

@@ -6,7 +6,7 @@ remote code.
 """
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import srsly
 import torch
@@ -18,6 +18,11 @@ from thinc.util import torch2xp, xp2torch
 from ..model import EarlyExitEncoder
 
 ENCODER_PREFIX = "transformer."
+MODEL_DATA_FORMAT = 1
+
+
+class ModelDataError(ValueError):
+    """Saved model data that cannot be loaded; the message says what is wrong."""
 
 
 class EarlyExitShim(PyTorchShim):
@@ -78,7 +83,7 @@ class EarlyExitShim(PyTorchShim):
             }
         state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
         msg = {
-            "format": 1,
+            "format": MODEL_DATA_FORMAT,
             "hf_config": encoder.transformer.config.to_dict(),
             "n_classes": encoder.n_classes,
             "offramp_dropout": encoder.offramps[0].dropout.p if len(encoder.offramps) else 0.0,
@@ -93,39 +98,89 @@ class EarlyExitShim(PyTorchShim):
         try:
             msg: Dict[str, Any] = srsly.msgpack_loads(bytes_data)
         except Exception as error:  # noqa: BLE001 - any decoding failure means a corrupt file
-            raise ValueError(
+            raise ModelDataError(
                 f"the earlyexit_tagger model data is corrupt or truncated ({error})"
             ) from error
-        missing = [k for k in ("hf_config", "n_classes", "tokenizer", "weights") if k not in msg]
+        fields = ("hf_config", "n_classes", "tokenizer", "weights")
+        missing = [k for k in fields if k not in msg] if isinstance(msg, dict) else []
         if not isinstance(msg, dict) or missing:
-            raise ValueError(
+            raise ModelDataError(
                 f"the earlyexit_tagger model data lacks {', '.join(missing) or 'its fields'}; "
                 "was it saved by spacy-earlyexit?"
+            )
+        if msg.get("format", MODEL_DATA_FORMAT) != MODEL_DATA_FORMAT:
+            raise ModelDataError(
+                f"the model data has format {msg['format']!r}, this spacy-earlyexit reads "
+                f"format {MODEL_DATA_FORMAT}: it was saved by another version"
             )
         hf_config = dict(msg["hf_config"])
         model_type = hf_config.pop("model_type", None)
         if model_type is None:
-            raise ValueError("the saved transformer config names no model_type")
-        config = AutoConfig.for_model(model_type, **hf_config)
-        transformer = AutoModel.from_config(config)
-        encoder = EarlyExitEncoder(
-            transformer, int(msg["n_classes"]), float(msg.get("offramp_dropout", 0.1))
-        )
+            raise ModelDataError("the saved transformer config names no model_type")
+        try:
+            config = AutoConfig.for_model(model_type, **hf_config)
+            transformer = AutoModel.from_config(config)
+            encoder = EarlyExitEncoder(
+                transformer, int(msg["n_classes"]), float(msg.get("offramp_dropout", 0.1))
+            )
+        except (ValueError, TypeError, KeyError) as error:
+            raise ModelDataError(
+                f"the saved transformer config (model_type {model_type!r}) cannot be built: {error}"
+            ) from error
         try:
             state = load_safetensors(msg["weights"])
         except Exception as error:  # noqa: BLE001
-            raise ValueError(f"the earlyexit_tagger weights are corrupt or truncated ({error})") from error
-        try:
-            encoder.load_state_dict(state, strict=True)
-        except RuntimeError as error:
-            raise ValueError(
-                f"the saved weights do not fit the saved model configuration: {error}"
+            raise ModelDataError(
+                f"the earlyexit_tagger weights are corrupt or truncated ({error})"
             ) from error
+        problems = state_problems(encoder.state_dict(), state)
+        if problems:
+            shown = "; ".join(problems[:5])
+            if len(problems) > 5:
+                shown += f"; and {len(problems) - 5} more"
+            raise ModelDataError(
+                f"the saved weights do not fit the saved model configuration ({model_type}, "
+                f"hidden size {encoder.hidden_size}, {encoder.n_layers} layers, "
+                f"{encoder.n_classes} classes): {shown}"
+            )
+        encoder.load_state_dict(state, strict=True)
         with tempfile.TemporaryDirectory() as folder:
             for name, data in msg["tokenizer"].items():
                 (Path(folder) / Path(name).name).write_bytes(data)
-            self.tokenizer = AutoTokenizer.from_pretrained(folder, use_fast=True)
+            try:
+                self.tokenizer = AutoTokenizer.from_pretrained(folder, use_fast=True)
+            except (OSError, ValueError, TypeError) as error:
+                raise ModelDataError(
+                    f"the saved tokenizer files ({', '.join(sorted(msg['tokenizer']))}) "
+                    f"cannot be loaded: {error}"
+                ) from error
         encoder.eval()
         encoder.to(get_torch_default_device())
         self._model = encoder
         return self
+
+
+def state_problems(expected: Dict[str, torch.Tensor], saved: Dict[str, torch.Tensor]) -> List[str]:
+    """What keeps `saved` from loading into a model whose state_dict is
+    `expected`: missing and unexpected tensors, shapes, dtypes (torch would
+    cast a wrong dtype silently, e.g. integers into float weights)."""
+    problems: List[str] = []
+    missing = [name for name in expected if name not in saved]
+    unexpected = sorted(name for name in saved if name not in expected)
+    if missing:
+        problems.append(f"{len(missing)} missing tensor(s): {_some(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensor(s): {_some(unexpected)}")
+    for name, want in expected.items():
+        got = saved.get(name)
+        if got is None:
+            continue
+        if tuple(got.shape) != tuple(want.shape):
+            problems.append(f"{name} has shape {list(got.shape)}, the configuration needs {list(want.shape)}")
+        elif got.dtype != want.dtype:
+            problems.append(f"{name} has dtype {got.dtype}, the model needs {want.dtype}")
+    return problems
+
+
+def _some(names: List[str], limit: int = 5) -> str:
+    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")

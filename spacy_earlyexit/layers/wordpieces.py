@@ -27,7 +27,8 @@ class SpanPieces:
     doc_index: which doc of the batch it comes from; start, end: token offsets
     in the doc. input_ids: [T] piece ids including special pieces.
     word_tokens: [W] doc token index of each word; word_piece: [W] its
-    representative piece; piece_word: [T] owning word slot or -1.
+    representative piece; piece_word: [T] owning word slot or -1;
+    word_n_pieces: [W] pieces owned by each word.
     """
 
     doc_index: int
@@ -37,17 +38,7 @@ class SpanPieces:
     word_tokens: List[int]
     word_piece: List[int]
     piece_word: List[int]
-
-    def word_piece_counts(self) -> Tuple[List[int], int]:
-        """Pieces owned by each word, and pieces owned by none."""
-        counts = [0] * len(self.word_tokens)
-        other = 0
-        for owner in self.piece_word:
-            if owner >= 0:
-                counts[owner] += 1
-            else:
-                other += 1
-        return counts, other
+    word_n_pieces: List[int]
 
 
 @dataclass
@@ -150,23 +141,31 @@ def _align_span(doc_index: int, span: Span, ids: List[int], offsets) -> SpanPiec
     piece_word = [-1] * len(ids)
     word_tokens: List[int] = []
     word_piece: List[int] = []
+    word_n_pieces: List[int] = []
+    start = span.start
     for relative_i, aligned in enumerate(token_pieces):
-        free = sorted(p for p in aligned if piece_word[p] < 0)
+        if not aligned:
+            continue  # whitespace, or characters the tokenizer drops
+        free = [p for p in aligned if piece_word[p] < 0]
         if not free:
-            continue  # whitespace, or its pieces already represent a neighbour
+            continue  # its pieces already represent a neighbour
+        if len(free) > 1:
+            free.sort()
         slot = len(word_tokens)
         for p in free:
             piece_word[p] = slot
-        word_tokens.append(span.start + relative_i)
+        word_tokens.append(start + relative_i)
         word_piece.append(free[0])
+        word_n_pieces.append(len(free))
     return SpanPieces(
         doc_index=doc_index,
-        start=span.start,
+        start=start,
         end=span.end,
         input_ids=list(ids),
         word_tokens=word_tokens,
         word_piece=word_piece,
         piece_word=piece_word,
+        word_n_pieces=word_n_pieces,
     )
 
 
@@ -176,11 +175,13 @@ def _token_sources(docs: Sequence[Doc], spans: List[SpanPieces]) -> List[numpy.n
     margins = [numpy.full((len(doc),), -1, dtype="int64") for doc in docs]
     for span_index, span in enumerate(spans):
         source, margin = sources[span.doc_index], margins[span.doc_index]
-        for slot, token_i in enumerate(span.word_tokens):
-            room = min(token_i - span.start, span.end - 1 - token_i)
-            if room > margin[token_i]:
-                margin[token_i] = room
-                source[token_i] = (span_index, slot)
+        tokens = numpy.asarray(span.word_tokens, dtype="int64")
+        room = numpy.minimum(tokens - span.start, span.end - 1 - tokens)
+        better = room > margin[tokens]  # a span holds each token once
+        chosen = tokens[better]
+        margin[chosen] = room[better]
+        source[chosen, 0] = span_index
+        source[chosen, 1] = numpy.flatnonzero(better)
     return sources
 
 

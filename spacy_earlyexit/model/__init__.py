@@ -2,7 +2,7 @@
 
 Nothing in this package imports spaCy.
 """
-from .cost_model import EncoderShape, span_cost
+from .cost_model import EncoderShape, span_cost, spans_cost
 from .encoder import EarlyExitEncoder, EncoderBatch, EncoderOutput
 from .exit_settings import EXIT_MODES, EXIT_SETTING_NAMES, ExitSettings
 from .uncertainty import normalized_entropy
@@ -17,4 +17,5 @@ __all__ = [
     "EXIT_SETTING_NAMES",
     "normalized_entropy",
     "span_cost",
+    "spans_cost",
 ]

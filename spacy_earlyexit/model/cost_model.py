@@ -56,3 +56,48 @@ def span_cost(
         + active_words * d * n_classes
     ).sum()
     return float(cost), float(full)
+
+
+def spans_cost(
+    shape: EncoderShape,
+    word_pieces: numpy.ndarray,
+    word_offsets: numpy.ndarray,
+    n_other_pieces: numpy.ndarray,
+    exit_layers: numpy.ndarray,
+) -> Tuple[numpy.ndarray, numpy.ndarray]:
+    """span_cost for many spans at once, in closed form (no loop over layers).
+
+    word_pieces: [W] pieces owned by each word, the words of all spans in order.
+    word_offsets: [S + 1] where each span's words start in that order.
+    n_other_pieces: [S] pieces of each span that belong to no word.
+    exit_layers: [W] 1-based exit layer of each word.
+    Returns ([S] cost with early exit, [S] cost at full depth).
+
+    Summed over layers, a span runs max(exit) layers, a word's pieces are
+    active exit-layer times and the other pieces run with the span, so the
+    per-layer sums of span_cost collapse to products.
+    """
+    pieces = numpy.asarray(word_pieces, dtype="float64")
+    exits = numpy.asarray(exit_layers, dtype="float64")
+    offsets = numpy.asarray(word_offsets, dtype="int64")
+    other = numpy.asarray(n_other_pieces, dtype="float64")
+    n_spans = len(offsets) - 1
+    d, d_ff, n_classes = shape.hidden_size, shape.intermediate_size, shape.n_classes
+    n_words = numpy.diff(offsets).astype("float64")
+    span_of_word = numpy.repeat(numpy.arange(n_spans), numpy.diff(offsets))
+    total = numpy.bincount(span_of_word, weights=pieces, minlength=n_spans) + other
+    per_active_piece = 2 * d * d + 2 * d * d_ff + 2 * total * d
+    full = shape.n_layers * (total * 2 * d * d + total * per_active_piece + n_words * d * n_classes)
+    layers_run = numpy.zeros(n_spans)
+    numpy.maximum.at(layers_run, span_of_word, exits)
+    piece_layers = numpy.bincount(span_of_word, weights=pieces * exits, minlength=n_spans)
+    word_layers = numpy.bincount(span_of_word, weights=exits, minlength=n_spans)
+    cost = (
+        layers_run * total * 2 * d * d
+        + (piece_layers + other * layers_run) * per_active_piece
+        + word_layers * d * n_classes
+    )
+    empty = n_words == 0
+    cost[empty] = 0.0
+    full[empty] = 0.0
+    return cost, full
