@@ -150,23 +150,28 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     if args.gpu_id >= 0:
         spacy.require_gpu(args.gpu_id)
-    pipelines = {}
+    pipelines, paths = {}, {}
     for item in args.model:
         name, _, path = item.partition("=")
         if not path:
             raise SystemExit(f"--model takes NAME=PATH; got {item!r}")
-        pipelines[name] = path
-    grid = build_grid(_words(args.modes), _floats(args.thresholds), _ints(args.windows))
+        pipelines[name], paths[name] = spacy.load(path), path
+    depths = {nlp.get_pipe("earlyexit_tagger").model.shims[0].encoder.n_layers for nlp in pipelines.values()}
+    grid = build_grid(
+        _words(args.modes), _floats(args.thresholds), _ints(args.windows),
+        later_factors=_floats(args.later_factors), n_layers=min(depths) if len(depths) == 1 else None,
+    )
     result = run_sweep(
         pipelines, args.dev, grid,
         repetitions=args.repetitions, batch_size=args.batch_size, limit=args.limit,
         progress=not args.no_progress,
     )
-    paths = write_results(result, args.output)
+    result["models"] = paths
+    written = write_results(result, args.output)
     print(f"\n{result['n_docs']} docs, {result['n_words']} words, {result['repetitions']} repetitions, "
           f"torch threads {result['torch_threads']}\n")
     print(markdown_table(result))
-    print(f"\nwritten: {', '.join(str(p) for p in paths.values())}")
+    print(f"\nwritten: {', '.join(str(p) for p in written.values())}")
 
 
 def cmd_choose(args: argparse.Namespace) -> None:
@@ -278,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--modes", default="sentence,token")
     sweep.add_argument("--thresholds", default="0.05,0.1,0.2,0.3,0.4")
     sweep.add_argument("--windows", default="0,1,2")
+    sweep.add_argument("--later-factors", default="1",
+                       help="threshold factors for layers 2 and up (1: one threshold; e.g. 1,4)")
     sweep.add_argument("--repetitions", type=int, default=3)
     sweep.add_argument("--batch-size", type=int, default=128)
     sweep.add_argument("--limit", type=int, default=0, help="use only the first N dev docs (0: all)")

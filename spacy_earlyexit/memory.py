@@ -14,7 +14,7 @@ import sys
 from typing import Optional
 
 #: docs between two releases in EarlyExitTagger.pipe (0: never)
-RELEASE_EVERY_DOCS = 1000
+RELEASE_EVERY_DOCS = 256
 
 _libc: Optional[ctypes.CDLL] = None
 _looked_up = False

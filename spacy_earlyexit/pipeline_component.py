@@ -235,8 +235,9 @@ class EarlyExitTagger(TrainablePipe):
         for token, label, has_own, lender in zip(doc, labels, own, lenders):
             if not has_own and token.is_space and task.whitespace_class is not None:
                 values.append(task.whitespace_class)
-            elif label < 0:
-                values.append(task.whitespace_class)
+            elif label < 0:  # no token of the doc has a word piece
+                unknown = task.unknown_class if not token.is_space else None
+                values.append(unknown or task.whitespace_class)
             elif not has_own and not task.borrow_classes:
                 values.append(None)
             else:

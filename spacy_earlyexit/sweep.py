@@ -27,31 +27,63 @@ COMPONENT = "earlyexit_tagger"
 
 
 def build_grid(
-    modes: Sequence[str], thresholds: Sequence[float], windows: Sequence[int]
+    modes: Sequence[str],
+    thresholds: Sequence[float],
+    windows: Sequence[int],
+    later_factors: Sequence[float] = (1.0,),
+    n_layers: Optional[int] = None,
 ) -> List[Dict[str, Any]]:
     """The settings of a sweep: "off" first, then each mode x threshold
-    (x window, for token mode only)."""
+    (x window, for token mode only) x later-layer factor.
+
+    later_factors: a factor f other than 1 gives the schedule
+        threshold_multipliers = [1, f, ..., f] (the threshold at layers 2 and
+        up is f times the first layer's; a first off-ramp that is less
+        reliable than the rest then exits only its surest tokens). Needs
+        n_layers, the encoder's depth.
+    """
     unknown = sorted(set(modes) - set(EXIT_MODES))
     if unknown:
         raise ValueError(f"unknown exit mode(s) {', '.join(unknown)}; known: {', '.join(EXIT_MODES)}")
+    schedules: List[Optional[List[float]]] = []
+    for factor in later_factors:
+        if float(factor) == 1.0:
+            schedules.append(None)
+        elif n_layers is None or n_layers < 2:
+            raise ValueError(f"later-layer factor {factor:g} needs the encoder's number of layers (>= 2)")
+        else:
+            schedules.append([1.0] + [float(factor)] * (n_layers - 1))
     grid: List[Dict[str, Any]] = [{"exit_mode": "off"}]
     for mode in modes:
         for threshold in thresholds:
+            bases: List[Dict[str, Any]] = []
             if mode == "sentence":
-                grid.append({"exit_mode": "sentence", "threshold": float(threshold)})
+                bases.append({"exit_mode": "sentence", "threshold": float(threshold)})
             elif mode == "token":
-                for window in windows:
-                    grid.append({"exit_mode": "token", "threshold": float(threshold), "window": int(window)})
+                bases.extend(
+                    {"exit_mode": "token", "threshold": float(threshold), "window": int(window)}
+                    for window in windows
+                )
+            for base in bases:
+                for schedule in schedules:
+                    grid.append(base if schedule is None else {**base, "threshold_multipliers": schedule})
     return grid
 
 
 def setting_name(setting: Mapping[str, Any]) -> str:
-    """A short label such as "token t=0.2 k=1"."""
+    """A short label such as "token t=0.2 k=1" (" m=4": threshold x4 after layer 1)."""
     if setting["exit_mode"] == "off":
         return "off"
     name = f"{setting['exit_mode']} t={setting['threshold']:g}"
     if setting["exit_mode"] == "token":
         name += f" k={setting['window']}"
+    multipliers = setting.get("threshold_multipliers")
+    if multipliers:
+        later = set(multipliers[1:])
+        if multipliers[0] == 1.0 and len(later) == 1:
+            name += f" m={later.pop():g}"
+        else:
+            name += " m=" + ",".join(f"{m:g}" for m in multipliers)
     return name
 
 
@@ -202,6 +234,9 @@ def _series(rows: Sequence[Mapping[str, Any]]) -> Dict[str, List[Mapping[str, An
         label = setting["exit_mode"]
         if setting["exit_mode"] == "token":
             label += f" k={setting['window']}"
+        multipliers = setting.get("threshold_multipliers")
+        if multipliers:  # a threshold schedule is a curve of its own
+            label = setting_name({**setting, "threshold": 0.0}).replace(" t=0", "")
         series.setdefault(label, list(off)).append(row)
     for label, members in series.items():
         members.sort(key=lambda r: r["setting"].get("threshold", 0.0))

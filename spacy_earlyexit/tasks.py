@@ -34,6 +34,9 @@ class Task:
     score_keys: Tuple[str, ...] = ()
     #: class given to whitespace tokens that have no word piece of their own
     whitespace_class: Optional[str] = None
+    #: class of a non-whitespace token in a doc where no token has a word
+    #: piece (e.g. only control characters); None: the whitespace class
+    unknown_class: Optional[str] = None
     #: other tokens without a word piece of their own take the class of their
     #: nearest neighbour (True) or get None, for the task to decide (False)
     borrow_classes: bool = True
@@ -132,6 +135,7 @@ class PosTask(TokenAttributeTask):
     attr = "pos"
     score_keys = ("pos_acc",)
     whitespace_class = "SPACE"
+    unknown_class = "X"
     annotation = "Universal POS tags (token.pos_)"
     annotation_attr = "POS"
 

@@ -121,3 +121,26 @@ def test_chosen_setting_is_written_into_the_pipeline(tiny_bert, tmp_path):
     # the original is untouched
     original = json.loads((tmp_path / "pipeline" / "earlyexit_tagger" / "cfg").read_text())
     assert original["exit"]["exit_mode"] == "off"
+
+
+def test_sweep_grid_with_later_layer_factors():
+    from spacy_earlyexit.sweep import _series, build_grid, setting_name
+
+    grid = build_grid(["sentence", "token"], [0.1], [0, 1], later_factors=[1, 4], n_layers=3)
+    assert grid == [
+        {"exit_mode": "off"},
+        {"exit_mode": "sentence", "threshold": 0.1},
+        {"exit_mode": "sentence", "threshold": 0.1, "threshold_multipliers": [1.0, 4.0, 4.0]},
+        {"exit_mode": "token", "threshold": 0.1, "window": 0},
+        {"exit_mode": "token", "threshold": 0.1, "window": 0, "threshold_multipliers": [1.0, 4.0, 4.0]},
+        {"exit_mode": "token", "threshold": 0.1, "window": 1},
+        {"exit_mode": "token", "threshold": 0.1, "window": 1, "threshold_multipliers": [1.0, 4.0, 4.0]},
+    ]
+    assert [setting_name(s) for s in grid[3:5]] == ["token t=0.1 k=0", "token t=0.1 k=0 m=4"]
+    assert setting_name({"exit_mode": "token", "threshold": 0.2, "window": 0,
+                         "threshold_multipliers": [0.5, 1.0, 2.0]}) == "token t=0.2 k=0 m=0.5,1,2"
+    rows = [{"setting": s} for s in grid]
+    assert sorted(_series(rows)) == ["sentence", "sentence m=4", "token k=0", "token k=0 m=4",
+                                     "token k=1", "token k=1 m=4"]
+    with pytest.raises(ValueError, match="number of layers"):
+        build_grid(["token"], [0.1], [0], later_factors=[2.0])

@@ -180,6 +180,8 @@ def test_matrix_in_one_stream(pipelines, matrix, n_layers, task):
         (0, 2, PRESET_ENT), (5, 6, PRESET_ENT)
     ]
     if task == "pos":
+        # a doc in which no token has a word piece: its non-space tokens are X
+        assert {t.pos_ for t in docs["control_only"] if not t.is_space} == {"X"}
         assert [preset[3].pos_, preset[4].pos_] == [PRESET_POS, PRESET_POS]
         # the pos task leaves entities alone
         assert [t.ent_iob_ for t in preset] == [t.ent_iob_ for t in preset_doc(nlp)]
