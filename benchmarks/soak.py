@@ -159,10 +159,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--warmup", type=int, default=5000)
     parser.add_argument("--max-growth", type=float, default=5.0, help="percent")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
-    parser.add_argument("--mmap-threshold", type=int, default=0,
+    parser.add_argument("--mmap-threshold", type=int, default=None,
                         help="glibc: serve allocations of at least this many bytes with mmap, returned "
-                             "to the system when freed (as MALLOC_MMAP_THRESHOLD_; 0: glibc's dynamic "
-                             "default)")
+                             "to the system when freed (spacy_earlyexit.memory.MMAP_THRESHOLD; default: "
+                             "the library's; 0: glibc's dynamic default)")
     parser.add_argument("--malloc-trim-every", type=int, default=0,
                         help="glibc: return freed memory to the system (malloc_trim) every N docs (0: never)")
     parser.add_argument("--release-every", type=int, default=None,
@@ -172,15 +172,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.release_every is not None:
         memory.RELEASE_EVERY_DOCS = args.release_every
+    if args.mmap_threshold is not None:
+        memory.MMAP_THRESHOLD = args.mmap_threshold
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.warmup >= args.docs:
         parser.error(f"--warmup ({args.warmup}) must be below --docs ({args.docs})")
 
     libc = glibc()
-    if args.mmap_threshold:
-        if libc is None or not libc.mallopt(-3, args.mmap_threshold):  # M_MMAP_THRESHOLD
-            parser.error("--mmap-threshold needs glibc")
+    if args.mmap_threshold and libc is None:
+        parser.error("--mmap-threshold needs glibc")
     if args.malloc_trim_every and libc is None:
         parser.error("--malloc-trim-every needs glibc")
     texts = read_texts(Path(args.conllu))
@@ -279,7 +280,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "rss_growth_percent": round(growth, 2),
         "max_growth_percent": args.max_growth,
         "heap_in_use_growth_percent": round(heap_growth, 2) if heap_growth is not None else None,
-        "mmap_threshold": args.mmap_threshold or None,
+        "mmap_threshold": memory.MMAP_THRESHOLD or None,
         "malloc_trim_every": args.malloc_trim_every or None,
         "component_release_every": memory.RELEASE_EVERY_DOCS or None,
         "diagnosis": diagnosis,

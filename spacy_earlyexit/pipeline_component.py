@@ -187,6 +187,7 @@ class EarlyExitTagger(TrainablePipe):
     def pipe(self, stream: Iterable[Doc], *, batch_size: int = 128, **exit_overrides: Any) -> Iterator[Doc]:
         settings = self._settings_for_call(exit_overrides)
         error_handler = self.get_error_handler()
+        memory.limit_heap_blocks()  # flat RSS on long streams (memory.py)
         since_release = 0
         for docs in minibatch(stream, size=batch_size):
             try:

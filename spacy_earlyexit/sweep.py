@@ -204,9 +204,9 @@ def markdown_table(result: Mapping[str, Any]) -> str:
     key = result["score_key"]
     off = {r["model"]: r.get("score") for r in result["rows"] if r["setting"]["exit_mode"] == "off"}
     lines = [
-        f"| model | mode | threshold | window | {key} | Δ vs off | mean exit layer "
-        "| FLOPs speed-up | words/s | wall speed-up |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| model | mode | threshold | window | later x | {key} | Δ vs off | mean exit layer "
+        "| FLOPs speed-up | words/s | wall speed-up | wall / FLOPs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
         setting, score = row["setting"], row.get("score")
@@ -214,12 +214,30 @@ def markdown_table(result: Mapping[str, Any]) -> str:
         delta = (score - base) * 100 if score is not None and base is not None else None
         lines.append(
             f"| {row['model']} | {setting['exit_mode']} | {_fmt(setting.get('threshold'), '{:g}')} "
-            f"| {_fmt(setting.get('window'), '{}')} | {_fmt(None if score is None else score * 100, '{:.2f}')} "
+            f"| {_fmt(setting.get('window'), '{}')} | {_later(setting)} "
+            f"| {_fmt(None if score is None else score * 100, '{:.2f}')} "
             f"| {_fmt(delta, '{:+.2f}')} | {_fmt(row.get('exit_layer_mean'), '{:.2f}')} "
             f"| {_fmt(row.get('flops_speedup'), '{:.2f}x')} | {_fmt(row.get('words_per_second'), '{:.0f}')} "
-            f"| {_fmt(row.get('wall_speedup'), '{:.2f}x')} |"
+            f"| {_fmt(row.get('wall_speedup'), '{:.2f}x')} | {_fmt(_ratio(row), '{:.2f}')} |"
         )
     return "\n".join(lines)
+
+
+def _later(setting: Mapping[str, Any]) -> str:
+    """The threshold schedule in a table cell: "–" (one threshold), "4" (x4
+    after layer 1) or the whole list."""
+    multipliers = setting.get("threshold_multipliers")
+    if not multipliers:
+        return "–"
+    later = set(multipliers[1:])
+    if multipliers[0] == 1.0 and len(later) == 1:
+        return f"{later.pop():g}"
+    return ",".join(f"{m:g}" for m in multipliers)
+
+
+def _ratio(row: Mapping[str, Any]) -> Optional[float]:
+    wall, flops = row.get("wall_speedup"), row.get("flops_speedup")
+    return wall / flops if wall and flops else None
 
 
 def _series(rows: Sequence[Mapping[str, Any]]) -> Dict[str, List[Mapping[str, Any]]]:

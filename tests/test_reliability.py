@@ -373,12 +373,14 @@ def test_long_streams_release_free_memory_at_the_set_interval(pipelines, monkeyp
     assert len(calls) == 2  # after docs 8 and 16 (batches of 4)
 
 
-def test_release_free_memory_works_on_glibc():
+def test_memory_measures_work_on_glibc():
     import platform
 
     from spacy_earlyexit import memory
 
-    assert memory.release_free_memory() is (platform.libc_ver()[0] == "glibc")
+    on_glibc = platform.libc_ver()[0] == "glibc"
+    assert memory.release_free_memory() is on_glibc
+    assert memory.limit_heap_blocks() is (on_glibc and memory.MMAP_THRESHOLD > 0)
 
 
 # --- corrupt or mismatched saved pipelines ------------------------------------------------
