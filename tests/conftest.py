@@ -86,3 +86,35 @@ def tiny_bert_12(tmp_path_factory) -> Path:
     return write_tiny_bert(
         tmp_path_factory.mktemp("tiny_bert_12"), corpus_words(), n_layers=12, hidden=256, max_position=512
     )
+
+
+#: the gold of each tiny dataset, as Example.from_dict keys
+GOLD_KEYS = {"ner": "entities", "pos": "pos", "tag": "tags"}
+
+
+def train_tiny_pipeline(bert: Path, task: str, steps: int, **component_config):
+    """A blank English pipeline with an earlyexit_tagger for `task` ("ner" on
+    NER_DATA; "pos" or "tag" on POS_DATA) on `bert`, updated `steps` times
+    on its whole dataset with a fixed seed (lr 1e-3)."""
+    import spacy
+    from spacy.training import Example
+
+    nlp = spacy.blank("en")
+    config = {"task": task, "model": {"name": str(bert)}, **component_config}
+    nlp.add_pipe("earlyexit_tagger", config=config)
+    data = NER_DATA if task == "ner" else POS_DATA
+    examples = [Example.from_dict(nlp.make_doc(text), {GOLD_KEYS[task]: gold}) for text, gold in data]
+    return train_on(nlp, examples, steps)
+
+
+def train_on(nlp, examples, steps: int):
+    """Initialize `nlp` on `examples` and update it `steps` times on all of
+    them, with a fixed seed and lr 1e-3."""
+    from spacy.util import fix_random_seed
+
+    fix_random_seed(0)
+    optimizer = nlp.initialize(lambda: examples)
+    optimizer.learn_rate = 1e-3
+    for _ in range(steps):
+        nlp.update(examples, sgd=optimizer)
+    return nlp

@@ -13,10 +13,8 @@ import pytest
 import spacy
 from spacy.language import Language
 from spacy.tokens import Doc, DocBin
-from spacy.training import Example
-from spacy.util import fix_random_seed
 
-from conftest import NER_DATA, corpus_words
+from conftest import NER_DATA, corpus_words, train_tiny_pipeline
 from spacy_earlyexit.__main__ import main
 from spacy_earlyexit.annotate import AnnotateInputError, annotate
 
@@ -91,15 +89,7 @@ def exit_layers(rows: List[Dict[str, Any]]) -> set:
 
 
 def train_ner(bert: Path, steps: int) -> Language:
-    nlp = spacy.blank("en")
-    nlp.add_pipe(TAGGER, config={"task": "ner", "model": {"name": str(bert)}})
-    examples = [Example.from_dict(nlp.make_doc(text), {"entities": ents}) for text, ents in NER_DATA]
-    fix_random_seed(0)
-    optimizer = nlp.initialize(lambda: examples)
-    optimizer.learn_rate = 1e-3
-    for _ in range(steps):
-        nlp.update(examples, sgd=optimizer)
-    return nlp
+    return train_tiny_pipeline(bert, "ner", steps)
 
 
 @pytest.fixture(scope="module")

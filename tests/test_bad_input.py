@@ -11,7 +11,7 @@ from spacy.tokens import Doc, Span
 from spacy.training import Example
 from spacy.util import fix_random_seed
 
-from conftest import NER_DATA, POS_DATA
+from conftest import NER_DATA, POS_DATA, train_on
 
 
 TAGGER = "earlyexit_tagger"
@@ -32,12 +32,7 @@ def pos_examples(nlp: Language) -> List[Example]:
 
 
 def train(nlp: Language, examples: List[Example], steps: int) -> Language:
-    fix_random_seed(0)
-    optimizer = nlp.initialize(lambda: examples)
-    optimizer.learn_rate = 1e-3
-    for _ in range(steps):
-        nlp.update(examples, sgd=optimizer)
-    return nlp
+    return train_on(nlp, examples, steps)
 
 
 @pytest.fixture(scope="module")

@@ -21,9 +21,9 @@ from safetensors.torch import save as save_safetensors
 from spacy.language import Language
 from spacy.tokens import Doc, Span
 from spacy.training import Example
-from spacy.util import fix_random_seed, load_model_from_config
+from spacy.util import load_model_from_config
 
-from conftest import NER_DATA, POS_DATA, corpus_words, write_tiny_bert
+from conftest import NER_DATA, POS_DATA, corpus_words, write_tiny_bert, train_tiny_pipeline
 
 
 TAGGER = "earlyexit_tagger"
@@ -39,17 +39,7 @@ POS_LABELS = sorted({tag for _, tags in POS_DATA for tag in tags})
 
 
 def train(bert: Path, task: str, steps: int = 100) -> Language:
-    nlp = spacy.blank("en")
-    nlp.add_pipe(TAGGER, config={"task": task, "model": {"name": str(bert)}})
-    if task == "ner":
-        examples = [Example.from_dict(nlp.make_doc(t), {"entities": e}) for t, e in NER_DATA]
-    else:
-        examples = [Example.from_dict(nlp.make_doc(t), {"pos": tags}) for t, tags in POS_DATA]
-    fix_random_seed(0)
-    optimizer = nlp.initialize(lambda: examples)
-    optimizer.learn_rate = 1e-3
-    for _ in range(steps):
-        nlp.update(examples, sgd=optimizer)
+    nlp = train_tiny_pipeline(bert, task, steps)
     nlp.get_pipe(TAGGER).configure_exit(**TOKEN_EXIT[task])
     return nlp
 

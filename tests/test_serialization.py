@@ -17,10 +17,9 @@ import transformers
 from safetensors.torch import load as load_safetensors
 from spacy.language import Language
 from spacy.tokens import Doc, DocBin
-from spacy.training import Example
-from spacy.util import fix_random_seed, load_model_from_config
+from spacy.util import load_model_from_config
 
-from conftest import NER_DATA, POS_DATA
+from conftest import NER_DATA, POS_DATA, train_tiny_pipeline
 
 
 TAGGER = "earlyexit_tagger"
@@ -49,18 +48,7 @@ def results(docs: List[Doc]) -> List[Tuple]:
 
 
 def train_pipeline(bert: Path, task: str, steps: int) -> Language:
-    nlp = spacy.blank("en")
-    nlp.add_pipe(TAGGER, config={"task": task, "model": {"name": str(bert)}})
-    if task == "ner":
-        examples = [Example.from_dict(nlp.make_doc(t), {"entities": e}) for t, e in NER_DATA]
-    else:
-        examples = [Example.from_dict(nlp.make_doc(t), {"tags": tags}) for t, tags in POS_DATA]
-    fix_random_seed(0)
-    optimizer = nlp.initialize(lambda: examples)
-    optimizer.learn_rate = 1e-3
-    for _ in range(steps):
-        nlp.update(examples, sgd=optimizer)
-    return nlp
+    return train_tiny_pipeline(bert, task, steps)
 
 
 @pytest.fixture(scope="module")
