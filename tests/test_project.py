@@ -86,7 +86,7 @@ def test_demo_workflow_end_to_end(tiny_bert, tmp_path):
     for row in sweep["rows"]:
         assert 0.0 <= row["score"] <= 1.0 and row["flops_speedup"] >= 1.0 and row["words_per_second"] > 0
     assert (metrics / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| model | mode | threshold | window | ents_f |" in run.stdout
+    assert "| model | mode | threshold | window | later x | ents_f |" in run.stdout
     assert (metrics / "sweep.md").read_text().startswith("| model | mode |")
 
     # the operating point was written into the chosen pipeline
