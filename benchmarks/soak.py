@@ -15,6 +15,7 @@ and no parameter may hold a gradient at the end.
     python benchmarks/soak.py                          # MiniLM, random off-ramps
     python benchmarks/soak.py --pipeline PIPELINE      # a trained pipeline
     python benchmarks/soak.py --docs 3000 --warmup 2001 --sample-every 250
+    LD_PRELOAD=$(python -m spacy_earlyexit jemalloc-path) python benchmarks/soak.py ...  # on jemalloc
 
 Prints PASS or FAIL (exit code 1 on FAIL) and writes --out .json and .md
 (default benchmarks/results/soak).
@@ -253,16 +254,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     memory_ok = growth < args.max_growth
     heap_growth = None
-    if libc is not None:
-        heap_warmup = max(s["heap"]["in_use_mb"] for s in warm)
+    heap_warmup = max(s["heap"]["in_use_mb"] for s in warm) if libc is not None else 0.0
+    if heap_warmup > 0:  # 0: malloc is not glibc's (e.g. jemalloc preloaded)
         heap_growth = (max(s["heap"]["in_use_mb"] for s in samples) - heap_warmup) / heap_warmup * 100
     diagnosis = ""
     if not memory_ok and heap_growth is not None and heap_growth < args.max_growth:
         diagnosis = (
             f"RSS grew {growth:.1f}% while glibc's heap in use grew {heap_growth:.1f}%: the growth is "
             "memory glibc keeps after it is freed (its dynamic mmap threshold), not live objects. "
-            "Compare --malloc-trim-every 1000 or --mmap-threshold 131072 (MALLOC_MMAP_THRESHOLD_), "
-            "or jemalloc."
+            "Compare --mmap-threshold 1048576 (M_MMAP_THRESHOLD), or run on jemalloc: "
+            "LD_PRELOAD=$(python -m spacy_earlyexit jemalloc-path) python benchmarks/soak.py ..."
         )
     result = {
         "source": source,
@@ -274,6 +275,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "setting": setting,
         "batch_size": args.batch_size,
         "torch_threads": torch.get_num_threads(),
+        "allocator": memory.allocator(),
         "warmup_docs": args.warmup,
         "peak_rss_warmup_mb": round(peak_warmup, 1),
         "peak_rss_end_mb": round(peak_end, 1),
@@ -316,7 +318,7 @@ def markdown(result: Dict[str, Any]) -> str:
         f"Pipeline: {result['source']}; token mode, threshold {setting['threshold']}, window "
         f"{setting['window']}; batch size {result['batch_size']}; {result['torch_threads']} torch thread(s); "
         f"mean exit layer {result['exit_layer_mean']} (counts {result['exit_layer_counts']}); "
-        f"glibc mmap threshold {result['mmap_threshold'] or 'default'}, malloc_trim every "
+        f"malloc: {result.get('allocator', 'glibc')}; glibc mmap threshold {result['mmap_threshold'] or 'default'}, malloc_trim every "
         f"{result['malloc_trim_every'] or 'never'} (script), component release every "
         f"{result.get('component_release_every') or 'never'} docs.",
         "",
@@ -328,7 +330,8 @@ def markdown(result: Dict[str, Any]) -> str:
         f"{result['memory_check']} |",
         f"| RSS high-water mark, warm-up / end | {result['high_water_warmup_mb']} / "
         f"{result['high_water_end_mb']} MB | |",
-        f"| glibc heap in use, growth | {result['heap_in_use_growth_percent']}% | |",
+        f"| glibc heap in use, growth | "
+        f"{'n/a (not glibc)' if result['heap_in_use_growth_percent'] is None else str(result['heap_in_use_growth_percent']) + '%'} | |",
         f"| live tensors, start / warm-up / end | {result['live_tensors'].get('start')} / "
         f"{result['live_tensors'].get('warmup')} / {result['live_tensors'].get('end')} | |",
         f"| encoder calls with autograd on / outputs requiring grad (of {result['encoder_forward_calls']}) | "

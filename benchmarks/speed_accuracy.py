@@ -91,7 +91,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser.add_argument("dev", help=".spacy file with gold annotation")
     parser.add_argument("--out", default="benchmarks/results/speed_accuracy")
     parser.add_argument("--repetitions", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--limit", type=int, default=0, help="use only the first N docs")
     parser.add_argument("--time-limit", type=int, default=0, help="time on the first N of those docs only")
     parser.add_argument("--grid", default=None, help="JSON list of settings (default: built-in grid)")

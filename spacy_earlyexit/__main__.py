@@ -224,7 +224,18 @@ def cmd_demo_annotate(args: argparse.Namespace) -> None:
 
 
 def cmd_annotate(args: argparse.Namespace) -> None:
+    from . import memory
     from .annotate import annotate
+
+    if args.allocator != "system" and args.argv is not None:
+        # jemalloc keeps RSS flat on long streams where glibc's heap fragments (memory.py)
+        memory.preload_jemalloc(["-m", "spacy_earlyexit", *args.argv])
+    if args.allocator == "jemalloc" and memory.allocator() != "jemalloc":
+        where = ("no jemalloc library was found (looked in " + ", ".join(memory.JEMALLOC_PATHS)
+                 + "); install it (Debian/Ubuntu: apt-get install libjemalloc2)")
+        if memory.find_jemalloc() is not None:  # called from Python: cannot start again
+            where = f"this process runs on {memory.allocator()}'s malloc; preload {memory.find_jemalloc()}"
+        raise SystemExit(f"error: --allocator jemalloc, but {where}, or use --allocator auto")
 
     overrides = {name: value for name, value in
                  (("exit_mode", args.exit_mode), ("threshold", args.threshold), ("window", args.window))
@@ -240,8 +251,17 @@ def cmd_annotate(args: argparse.Namespace) -> None:
     setting = ", ".join(f"{name}={value}" for name, value in overrides.items()) or "the pipeline's saved setting"
     engine = f"ray, {args.workers} workers" if args.engine == "ray" else "local"
     print(f"{args.input}: {result.n_docs} docs, {result.n_tokens} tokens -> {result.output} "
-          f"({engine}, exit: {setting}; {result.seconds:.1f} s, "
+          f"({engine}, exit: {setting}; malloc: {memory.allocator()}; {result.seconds:.1f} s, "
           f"{result.n_docs / max(result.seconds, 1e-9):.1f} docs/s)")
+
+
+def cmd_jemalloc_path(args: argparse.Namespace) -> None:
+    from . import memory
+
+    library = memory.find_jemalloc()
+    if library is None:
+        raise SystemExit("error: jemalloc is not installed (Debian/Ubuntu: apt-get install libjemalloc2)")
+    print(library)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -286,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--later-factors", default="1",
                        help="threshold factors for layers 2 and up (1: one threshold; e.g. 1,4)")
     sweep.add_argument("--repetitions", type=int, default=3)
-    sweep.add_argument("--batch-size", type=int, default=128)
+    sweep.add_argument("--batch-size", type=int, default=1024)
     sweep.add_argument("--limit", type=int, default=0, help="use only the first N dev docs (0: all)")
     sweep.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     sweep.add_argument("--gpu-id", type=int, default=-1)
@@ -315,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     corpus.add_argument("input", help='.jsonl (one {"text": ...} object per line) or .spacy')
     corpus.add_argument("output", help=".jsonl or .spacy")
     corpus.add_argument("--engine", choices=["local", "ray"], default="local")
-    corpus.add_argument("--batch-size", type=int, default=128, help="docs per batch")
+    corpus.add_argument("--batch-size", type=int, default=1024, help="docs per batch")
     corpus.add_argument("--workers", type=int, default=2, help="Ray actors, each loading the pipeline once")
     corpus.add_argument("--threads", type=int, default=None,
                         help="torch threads per process (default: torch's setting locally, 1 per Ray actor)")
@@ -329,12 +349,22 @@ def build_parser() -> argparse.ArgumentParser:
                         help="send the pipeline files to the Ray actors through the object store "
                              "(default: only with --address)")
     corpus.add_argument("--no-progress", action="store_true")
+    corpus.add_argument("--allocator", choices=["auto", "jemalloc", "system"], default="auto",
+                        help="auto: run on jemalloc when it is installed (flat memory on long runs; "
+                             "the process starts again with it preloaded); jemalloc: require it; "
+                             "system: the platform's malloc")
     corpus.set_defaults(func=cmd_annotate)
+
+    path = commands.add_parser("jemalloc-path", help="print the installed jemalloc library, for LD_PRELOAD")
+    path.set_defaults(func=cmd_jemalloc_path)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = build_parser().parse_args(argv)
+    # the command line, when this is the process's own command (it may then
+    # start again with jemalloc preloaded); None when called from Python
+    args.argv = sys.argv[1:] if argv is None else None
     try:
         args.func(args)
     except ValueError as error:  # bad input: a message, not a traceback

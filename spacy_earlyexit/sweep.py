@@ -110,7 +110,7 @@ def run_sweep(
     grid: Sequence[Mapping[str, Any]],
     *,
     repetitions: int = 3,
-    batch_size: int = 128,
+    batch_size: int = 1024,
     limit: int = 0,
     progress: bool = True,
 ) -> Dict[str, Any]:

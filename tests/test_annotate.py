@@ -2,8 +2,10 @@
 annotate`): JSONL and .spacy in and out, exit-setting overrides, bad input,
 and the Ray engine against nlp.pipe in one process."""
 import json
+import os
 import random
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -15,6 +17,7 @@ from spacy.language import Language
 from spacy.tokens import Doc, DocBin
 
 from conftest import NER_DATA, corpus_words, train_tiny_pipeline
+from spacy_earlyexit import memory
 from spacy_earlyexit.__main__ import main
 from spacy_earlyexit.annotate import AnnotateInputError, annotate
 
@@ -293,3 +296,65 @@ def test_ray_engine_equals_nlp_pipe_in_order(pipeline, ray_cluster, tmp_path):
     assert len(exit_layers(rows)) > 1 and any(row["ents"] for row in rows)
     assert (result.engine, result.n_docs, result.n_tokens) == ("ray", len(texts), sum(len(r["tokens"]) for r in rows))
     assert ray_cluster.is_initialized(), "a Ray started by the caller is left running"
+
+
+JEMALLOC = memory.find_jemalloc()
+
+
+def run_cli(args: List[str], env_extra: Optional[Dict[str, str]] = None) -> "subprocess.CompletedProcess":
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", memory.REEXEC_MARKER)}
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "spacy_earlyexit", *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+@pytest.mark.skipif(JEMALLOC is None, reason="jemalloc is not installed (apt-get install libjemalloc2)")
+def test_cli_runs_on_jemalloc_when_installed(pipeline, tmp_path):
+    nlp, folder = pipeline
+    source = write_jsonl(tmp_path / "in.jsonl", TEXTS)
+    auto = run_cli(["annotate", str(folder), str(source), str(tmp_path / "auto.jsonl"), "--no-progress"])
+    assert auto.returncode == 0, auto.stderr
+    assert "malloc: jemalloc" in auto.stdout
+    system = run_cli(["annotate", str(folder), str(source), str(tmp_path / "system.jsonl"), "--no-progress",
+                      "--allocator", "system"])
+    assert system.returncode == 0, system.stderr
+    assert "malloc: glibc" in system.stdout
+    # the allocator changes nothing in the annotation
+    assert from_jsonl(tmp_path / "auto.jsonl") == from_jsonl(tmp_path / "system.jsonl")
+    assert without_meta(from_jsonl(tmp_path / "auto.jsonl")) == expected(nlp, TEXTS)
+
+
+def test_cli_jemalloc_required_but_missing(pipeline, tmp_path, monkeypatch):
+    _, folder = pipeline
+    source = write_jsonl(tmp_path / "in.jsonl", TEXTS)
+    monkeypatch.setattr(memory, "JEMALLOC_PATHS", (str(tmp_path / "no" / "libjemalloc.so.2"),))
+    monkeypatch.setattr(memory, "allocator", lambda: "glibc")
+    with pytest.raises(SystemExit, match="no jemalloc library was found.*apt-get install libjemalloc2"):
+        main(["annotate", str(folder), str(source), str(tmp_path / "out.jsonl"), "--allocator", "jemalloc",
+              "--no-progress"])
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_find_jemalloc_and_allocator(tmp_path):
+    library = tmp_path / "libjemalloc.so.2"
+    assert memory.find_jemalloc([str(library)]) is None
+    library.write_bytes(b"")
+    assert memory.find_jemalloc([str(tmp_path / "missing.so"), str(library)]) == str(library)
+    assert memory.allocator() in ("glibc", "jemalloc", "other")
+
+
+@pytest.mark.skipif(JEMALLOC is None, reason="jemalloc is not installed (apt-get install libjemalloc2)")
+def test_preload_jemalloc_starts_again_once(tmp_path):
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import os, sys\n"
+        "from spacy_earlyexit import memory\n"
+        "print('start', memory.allocator(), flush=True)\n"
+        "memory.preload_jemalloc([sys.argv[0]])\n"
+        "print('after', memory.allocator(), os.environ.get(memory.REEXEC_MARKER))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", memory.REEXEC_MARKER)}
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    # the first process prints 'start glibc' and is replaced; the second starts on jemalloc and stays
+    assert out.stdout.split("\n")[:3] == ["start glibc", "start jemalloc", "after jemalloc 1"]

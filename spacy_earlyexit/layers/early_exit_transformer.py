@@ -14,6 +14,7 @@ from spacy.tokens import Doc
 from thinc.api import Model, get_torch_default_device
 
 from ..model import EarlyExitEncoder, ExitSettings, spans_cost
+from ..model.batching import length_batches
 from ..model.self_sampling import ReferencePredictions, SelfSampling, sample_exit_layers
 from .shim import EarlyExitShim
 from .wordpieces import DocPieces, SpanGetter, lender_index, max_pieces_of, tokenize_docs
@@ -127,19 +128,10 @@ def init(model: Model, X: Optional[List[Doc]] = None, Y=None) -> Model:
 
 
 def _chunks(doc_pieces: DocPieces, batch_size: int, max_pieces: int) -> List[List[int]]:
-    """Span indices grouped into batches of similar length."""
-    order = sorted(range(len(doc_pieces.spans)), key=lambda i: len(doc_pieces.spans[i].input_ids))
-    chunks: List[List[int]] = []
-    current: List[int] = []
-    for index in order:
-        length = len(doc_pieces.spans[index].input_ids)
-        if current and (len(current) >= batch_size or (len(current) + 1) * length > max_pieces):
-            chunks.append(current)
-            current = []
-        current.append(index)
-    if current:
-        chunks.append(current)
-    return chunks
+    """Span indices grouped into encoder batches of similar length (at most
+    batch_size spans and max_pieces padded pieces each; see length_batches)."""
+    lengths = [len(span.input_ids) for span in doc_pieces.spans]
+    return length_batches(lengths, batch_size, max_pieces)
 
 
 def forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[TokenOutputs, Callable]:

@@ -1,0 +1,68 @@
+"""length_batches against an exhaustive search over all ways to cut the
+length-sorted list, and its invariants on random input."""
+import itertools
+import random
+from typing import List, Sequence
+
+import pytest
+from spacy_earlyexit.model.batching import length_batches
+
+
+def cost(batches: List[List[int]], lengths: Sequence[int], batch_cost: float) -> float:
+    return sum(batch_cost + len(b) * max(lengths[i] for i in b) for b in batches)
+
+
+def brute_force_cost(lengths: Sequence[int], max_batch: int, max_slots: int, batch_cost: float) -> float:
+    """Least cost over every cut of the sorted list into contiguous batches."""
+    ordered = sorted(lengths)
+    n = len(ordered)
+    best = float("inf")
+    for n_cuts in range(n):
+        for cuts in itertools.combinations(range(1, n), n_cuts):
+            bounds = (0,) + cuts + (n,)
+            parts = [ordered[a:b] for a, b in zip(bounds, bounds[1:])]
+            if any(len(p) > max_batch or (len(p) > 1 and len(p) * p[-1] > max_slots) for p in parts):
+                continue
+            best = min(best, sum(batch_cost + len(p) * p[-1] for p in parts))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_optimal_against_exhaustive_search(seed: int) -> None:
+    rng = random.Random(seed)
+    lengths = [rng.choice([rng.randint(2, 12), rng.randint(20, 90)]) for _ in range(rng.randint(1, 9))]
+    max_batch = rng.randint(1, 6)
+    max_slots = rng.choice([10_000, 150, 60])
+    batch_cost = rng.choice([0.0, 8.0, 64.0])
+    batches = length_batches(lengths, max_batch, max_slots, batch_cost)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for batch in batches:
+        assert len(batch) <= max_batch
+        assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= max_slots
+    assert cost(batches, lengths, batch_cost) == pytest.approx(
+        brute_force_cost(lengths, max_batch, max_slots, batch_cost)
+    )
+
+
+def test_equal_lengths_fill_batches() -> None:
+    batches = length_batches([10] * 10, max_batch=4, max_slots=10_000)
+    assert len(batches) == 3  # the fewest batches of at most 4: no padding to avoid
+
+
+def test_short_and_long_are_not_padded_together() -> None:
+    lengths = [5] * 32 + [100] * 32
+    batches = length_batches(lengths, max_batch=64, max_slots=100_000, batch_cost=64)
+    assert len(batches) == 2
+    assert {lengths[i] for i in batches[0]} == {5}
+
+
+def test_over_long_sequence_gets_its_own_batch() -> None:
+    batches = length_batches([600, 3, 4], max_batch=64, max_slots=512)
+    assert [0] in batches
+    assert sorted(i for b in batches for i in b) == [0, 1, 2]
+
+
+def test_empty_and_invalid() -> None:
+    assert length_batches([], 8, 100) == []
+    with pytest.raises(ValueError, match="max_batch"):
+        length_batches([3], 0, 100)
