@@ -144,7 +144,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     import spacy
     import torch
 
-    from .sweep import build_grid, markdown_table, run_sweep, write_results
+    from .sweep import build_grid, markdown_table, parse_later_factors, run_sweep, write_results
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -159,7 +159,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     depths = {nlp.get_pipe("earlyexit_tagger").model.shims[0].encoder.n_layers for nlp in pipelines.values()}
     grid = build_grid(
         _words(args.modes), _floats(args.thresholds), _ints(args.windows),
-        later_factors=_floats(args.later_factors), n_layers=min(depths) if len(depths) == 1 else None,
+        later_factors=parse_later_factors(args.later_factors), n_layers=min(depths) if len(depths) == 1 else None,
     )
     result = run_sweep(
         pipelines, args.dev, grid,
@@ -304,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--thresholds", default="0.05,0.1,0.2,0.3,0.4")
     sweep.add_argument("--windows", default="0,1,2")
     sweep.add_argument("--later-factors", default="1",
-                       help="threshold factors for layers 2 and up (1: one threshold; e.g. 1,4)")
+                       help="threshold schedules: f = x f for layers 2 and up, a/b = x a at layer 2 "
+                            "and x b from layer 3 on (1: one threshold; e.g. 1,4,4/16)")
     sweep.add_argument("--repetitions", type=int, default=3)
     sweep.add_argument("--batch-size", type=int, default=1024)
     sweep.add_argument("--limit", type=int, default=0, help="use only the first N dev docs (0: all)")

@@ -12,7 +12,7 @@ import json
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import spacy
 import torch
@@ -26,11 +26,28 @@ from .model import EXIT_MODES
 COMPONENT = "earlyexit_tagger"
 
 
+LaterFactor = Union[float, Tuple[float, float]]
+
+
+def parse_later_factors(text: str) -> List[LaterFactor]:
+    """"1,4,4/16" -> [1.0, 4.0, (4.0, 16.0)] (see build_grid)."""
+    factors: List[LaterFactor] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        second, _, third = item.partition("/")
+        try:
+            factors.append((float(second), float(third)) if third else float(second))
+        except ValueError:
+            raise ValueError(f"later-layer factors are numbers f or pairs a/b; got {item!r}") from None
+    return factors
+
+
 def build_grid(
     modes: Sequence[str],
     thresholds: Sequence[float],
     windows: Sequence[int],
-    later_factors: Sequence[float] = (1.0,),
+    later_factors: Sequence[LaterFactor] = (1.0,),
     n_layers: Optional[int] = None,
 ) -> List[Dict[str, Any]]:
     """The settings of a sweep: "off" first, then each mode x threshold
@@ -39,20 +56,28 @@ def build_grid(
     later_factors: a factor f other than 1 gives the schedule
         threshold_multipliers = [1, f, ..., f] (the threshold at layers 2 and
         up is f times the first layer's; a first off-ramp that is less
-        reliable than the rest then exits only its surest tokens). Needs
-        n_layers, the encoder's depth.
+        reliable than the rest then exits only its surest tokens); a pair
+        (a, b) gives [1, a, b, ..., b] (layer 2 at a times, layers 3 and up at
+        b times the first layer's threshold, for encoders whose off-ramps
+        from layer 3 on are as good as the last). Needs n_layers, the
+        encoder's depth (>= 3 for a pair).
     """
     unknown = sorted(set(modes) - set(EXIT_MODES))
     if unknown:
         raise ValueError(f"unknown exit mode(s) {', '.join(unknown)}; known: {', '.join(EXIT_MODES)}")
     schedules: List[Optional[List[float]]] = []
     for factor in later_factors:
-        if float(factor) == 1.0:
+        second, third = factor if isinstance(factor, tuple) else (factor, factor)
+        if float(second) == 1.0 and float(third) == 1.0:
             schedules.append(None)
-        elif n_layers is None or n_layers < 2:
-            raise ValueError(f"later-layer factor {factor:g} needs the encoder's number of layers (>= 2)")
-        else:
-            schedules.append([1.0] + [float(factor)] * (n_layers - 1))
+            continue
+        needed = 2 if second == third else 3
+        if n_layers is None or n_layers < needed:
+            raise ValueError(
+                f"later-layer factor {schedule_label([1.0, float(second), float(third)])} needs the "
+                f"encoder's number of layers (>= {needed})"
+            )
+        schedules.append([1.0, float(second)] + [float(third)] * (n_layers - 2))
     grid: List[Dict[str, Any]] = [{"exit_mode": "off"}]
     for mode in modes:
         for threshold in thresholds:
@@ -70,8 +95,20 @@ def build_grid(
     return grid
 
 
+def schedule_label(multipliers: Sequence[float]) -> str:
+    """"4" for [1, 4, 4, ...], "4/16" for [1, 4, 16, 16, ...], else the list."""
+    if multipliers and multipliers[0] == 1.0 and len(multipliers) >= 2:
+        rest = set(multipliers[2:])
+        if not rest or rest == {multipliers[1]}:
+            return f"{multipliers[1]:g}"
+        if len(rest) == 1:
+            return f"{multipliers[1]:g}/{rest.pop():g}"
+    return ",".join(f"{m:g}" for m in multipliers)
+
+
 def setting_name(setting: Mapping[str, Any]) -> str:
-    """A short label such as "token t=0.2 k=1" (" m=4": threshold x4 after layer 1)."""
+    """A short label such as "token t=0.2 k=1" (" m=4": threshold x4 after
+    layer 1; " m=4/16": x4 at layer 2, x16 from layer 3 on)."""
     if setting["exit_mode"] == "off":
         return "off"
     name = f"{setting['exit_mode']} t={setting['threshold']:g}"
@@ -79,11 +116,7 @@ def setting_name(setting: Mapping[str, Any]) -> str:
         name += f" k={setting['window']}"
     multipliers = setting.get("threshold_multipliers")
     if multipliers:
-        later = set(multipliers[1:])
-        if multipliers[0] == 1.0 and len(later) == 1:
-            name += f" m={later.pop():g}"
-        else:
-            name += " m=" + ",".join(f"{m:g}" for m in multipliers)
+        name += f" m={schedule_label(multipliers)}"
     return name
 
 
@@ -225,14 +258,9 @@ def markdown_table(result: Mapping[str, Any]) -> str:
 
 def _later(setting: Mapping[str, Any]) -> str:
     """The threshold schedule in a table cell: "–" (one threshold), "4" (x4
-    after layer 1) or the whole list."""
+    after layer 1), "4/16" (x4 at layer 2, x16 from 3 on) or the whole list."""
     multipliers = setting.get("threshold_multipliers")
-    if not multipliers:
-        return "–"
-    later = set(multipliers[1:])
-    if multipliers[0] == 1.0 and len(later) == 1:
-        return f"{later.pop():g}"
-    return ",".join(f"{m:g}" for m in multipliers)
+    return schedule_label(multipliers) if multipliers else "–"
 
 
 def _ratio(row: Mapping[str, Any]) -> Optional[float]:

@@ -144,3 +144,21 @@ def test_sweep_grid_with_later_layer_factors():
                                      "token k=1", "token k=1 m=4"]
     with pytest.raises(ValueError, match="number of layers"):
         build_grid(["token"], [0.1], [0], later_factors=[2.0])
+
+
+def test_sweep_grid_with_three_level_schedule():
+    from spacy_earlyexit.sweep import _later, build_grid, parse_later_factors, setting_name
+
+    assert parse_later_factors("1, 4,4/16,") == [1.0, 4.0, (4.0, 16.0)]
+    with pytest.raises(ValueError, match="pairs a/b"):
+        parse_later_factors("4/x")
+    grid = build_grid(["token"], [0.05], [0], later_factors=parse_later_factors("1,4/16"), n_layers=5)
+    assert grid[2] == {"exit_mode": "token", "threshold": 0.05, "window": 0,
+                       "threshold_multipliers": [1.0, 4.0, 16.0, 16.0, 16.0]}
+    assert setting_name(grid[2]) == "token t=0.05 k=0 m=4/16"
+    assert _later(grid[2]) == "4/16" and _later(grid[1]) == "–"
+    # (a, a) is the one-factor schedule; a pair needs a third layer
+    assert build_grid(["token"], [0.1], [0], later_factors=[(4.0, 4.0)], n_layers=3)[1]["threshold_multipliers"] \
+        == [1.0, 4.0, 4.0]
+    with pytest.raises(ValueError, match=r"m=4/16|4/16.*>= 3"):
+        build_grid(["token"], [0.1], [0], later_factors=[(4.0, 16.0)], n_layers=2)
