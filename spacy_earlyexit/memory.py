@@ -4,8 +4,8 @@ Batches of different shapes leave freed blocks in glibc's heap: with glibc's
 default (a dynamic mmap threshold that rises to 32 MB), tensors of a few MB
 are carved out of the heap, the heap fragments and grows, and resident memory
 (RSS) creeps up over tens of thousands of docs although nothing leaks (live
-tensors and heap in use stay flat; `benchmarks/soak.py` shows both: +59% over
-50,000 docs). Two measures, applied by `EarlyExitTagger.pipe`:
+tensors and heap in use stay flat; `benchmarks/soak.py` shows both: +31% over
+50,000 docs in batches of 1,024). Two measures, applied by `EarlyExitTagger.pipe`:
 
 - `limit_heap_blocks()`, once per process, if MMAP_THRESHOLD is set (opt-in):
   allocations of that many bytes or more get their own mapping, returned to
@@ -19,8 +19,9 @@ Elsewhere than glibc both are no-ops.
 On glibc, only the costly 256 KB threshold keeps RSS flat
 (`benchmarks/soak.py`, token mode, batches of 1,024 docs, 20,000 docs: +15%
 with the release alone; a 1 MB threshold +6% at 12% fewer words/s). jemalloc
-does, at glibc's words/s and with less RSS to begin
-with (+1.8%; 570 against 693 MB after 5,000 docs): preload it for long runs
+does, at 1-2% fewer words/s and with less RSS to begin with
+(+1.8% over 20,000 docs, 570 against 693 MB after 5,000; +3.4% over 50,000
+docs): preload it for long runs
 (`LD_PRELOAD=$(python -m spacy_earlyexit jemalloc-path)`).
 `python -m spacy_earlyexit annotate` does so itself when jemalloc is
 installed (`find_jemalloc`, `preload_jemalloc`), unless told
