@@ -219,19 +219,24 @@ class EarlyExitTagger(TrainablePipe):
 
     def set_annotations(self, docs: Iterable[Doc], outputs: TokenOutputs) -> None:
         classes = self.classes
-        for doc, labels, exits, own, cost in zip(
-            docs, outputs.labels, outputs.exit_layers, outputs.has_output, outputs.costs
+        lenders = outputs.lenders or [None] * len(outputs.labels)
+        for doc, labels, exits, own, cost, lender in zip(
+            docs, outputs.labels, outputs.exit_layers, outputs.has_output, outputs.costs, lenders
         ):
             exit_list = numpy.maximum(exits, 1).tolist()
             set_exit_layers(doc, exit_list)
             doc._.early_exit = exit_summary(exit_list, *cost)
             # after the exit layers: a task may retokenize (and merge them)
-            self._annotate(doc, labels, own, classes, self.cfg["overwrite"])
+            self._annotate(doc, labels, own, classes, self.cfg["overwrite"], lender)
 
-    def _annotate(self, doc: Doc, labels, own, classes: List[str], overwrite: bool) -> None:
+    def _annotate(self, doc: Doc, labels, own, classes: List[str], overwrite: bool, lenders=None) -> None:
+        """lenders: [n_tokens] int, the token each token took its output from
+        (computed from `own` when not given)."""
         task = self.task
         values: List[Optional[str]] = []
-        lenders = lender_index(numpy.asarray(own, dtype=bool)).tolist()
+        if lenders is None:
+            lenders = lender_index(numpy.asarray(own, dtype=bool))
+        lenders = lenders.tolist()
         copied: List[int] = []  # per token: the token whose class it copied, or -1
         for token, label, has_own, lender in zip(doc, labels, own, lenders):
             if not has_own and token.is_space and task.whitespace_class is not None:

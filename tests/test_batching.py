@@ -1,5 +1,6 @@
 """length_batches against an exhaustive search over all ways to cut the
-length-sorted list, and its invariants on random input."""
+length-sorted list, and its invariants on random input; the lender index
+(which token a token without an output copies) against a by-hand rule."""
 import itertools
 import random
 from typing import List, Sequence
@@ -66,3 +67,32 @@ def test_empty_and_invalid() -> None:
     assert length_batches([], 8, 100) == []
     with pytest.raises(ValueError, match="max_batch"):
         length_batches([3], 0, 100)
+
+
+def reference_lender(has_value: List[bool]) -> List[int]:
+    """By hand: itself, else the nearest token before it with a value, else the nearest after, else -1."""
+    out = []
+    for i, has in enumerate(has_value):
+        if has:
+            out.append(i)
+            continue
+        before = [j for j in range(i - 1, -1, -1) if has_value[j]]
+        after = [j for j in range(i + 1, len(has_value)) if has_value[j]]
+        out.append(before[0] if before else after[0] if after else -1)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_lender_index_per_doc_and_segmented(seed: int) -> None:
+    import numpy
+    from spacy_earlyexit.layers.wordpieces import lender_index, lender_index_segments
+
+    rng = random.Random(seed)
+    docs = [[rng.random() < rng.choice([0.0, 0.3, 0.9]) for _ in range(rng.randint(0, 7))]
+            for _ in range(rng.randint(0, 6))]
+    for doc in docs:
+        assert lender_index(numpy.asarray(doc, dtype=bool)).tolist() == reference_lender(doc)
+    flat = numpy.asarray([has for doc in docs for has in doc], dtype=bool)
+    segmented = lender_index_segments(flat, numpy.asarray([len(d) for d in docs], dtype="int64"))
+    # never lends across docs: the same as each doc on its own
+    assert segmented.tolist() == [i for doc in docs for i in reference_lender(doc)]

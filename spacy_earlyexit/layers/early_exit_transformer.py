@@ -17,7 +17,9 @@ from ..model import EarlyExitEncoder, ExitSettings, spans_cost
 from ..model.batching import length_batches
 from ..model.self_sampling import ReferencePredictions, SelfSampling, sample_exit_layers
 from .shim import EarlyExitShim
-from .wordpieces import DocPieces, SpanGetter, lender_index, max_pieces_of, tokenize_docs
+from .wordpieces import (
+    DocPieces, SpanGetter, lender_index, lender_index_segments, max_pieces_of, tokenize_docs,
+)
 
 EXIT_SETTINGS_ATTR = "exit_settings"
 SELF_SAMPLING_ATTR = "self_sampling"
@@ -40,6 +42,8 @@ class TokenOutputs:
         when the model's attrs ask for it: per-layer scoring at full depth).
     reference_layer_logits: [L, N, C] float32, the stage-1 model's logits at
         full depth (self-sampling with loss flooding only).
+    lenders: per doc [n_tokens] int, the token (position in the doc) whose
+        output each token took (itself where has_output; -1: none), when known.
     """
 
     labels: List[numpy.ndarray]
@@ -50,6 +54,7 @@ class TokenOutputs:
     layer_active: Optional[numpy.ndarray] = None
     layer_labels: Optional[List[numpy.ndarray]] = None
     reference_layer_logits: Optional[numpy.ndarray] = None
+    lenders: Optional[List[numpy.ndarray]] = None
 
 
 def EarlyExitTransformerModel(
@@ -241,8 +246,10 @@ def _reference_predictions(shim: EarlyExitShim, encoder: EarlyExitEncoder) -> Re
 
 
 def _to_tokens(docs, doc_pieces: DocPieces, word_offsets, word_label, word_exit, encoder):
-    """Map word results to tokens; tokens without a piece borrow a neighbour's."""
-    labels, exits, has_output, costs, token_words = [], [], [], [], []
+    """Map word results to tokens; tokens without a piece borrow a neighbour's.
+
+    Vectorised over all tokens of the batch (one split per doc at the end).
+    """
     spans = doc_pieces.spans
     word_pieces = numpy.fromiter(
         (n for span in spans for n in span.word_n_pieces), dtype="int64", count=int(word_offsets[-1])
@@ -254,15 +261,30 @@ def _to_tokens(docs, doc_pieces: DocPieces, word_offsets, word_label, word_exit,
     span_costs, span_full = spans_cost(encoder.shape, word_pieces, word_offsets, other, word_exit)
     doc_cost = numpy.bincount(span_doc, weights=span_costs, minlength=len(docs))
     doc_full = numpy.bincount(span_doc, weights=span_full, minlength=len(docs))
-    for doc_index, source in enumerate(doc_pieces.token_source):
-        own = source[:, 0] >= 0
-        word = numpy.where(own, word_offsets[numpy.maximum(source[:, 0], 0)] + source[:, 1], -1)
-        labels.append(_borrowed(word_label, word, -1))
-        exits.append(_borrowed(word_exit, word, 0))
-        has_output.append(own)
-        token_words.append(word)
-        costs.append((float(doc_cost[doc_index]), float(doc_full[doc_index])))
-    return TokenOutputs(labels=labels, exit_layers=exits, has_output=has_output, costs=costs), token_words
+    lengths = numpy.asarray([len(source) for source in doc_pieces.token_source], dtype="int64")
+    source = (numpy.concatenate(doc_pieces.token_source) if len(docs)
+              else numpy.zeros((0, 2), dtype="int64"))
+    own = source[:, 0] >= 0
+    word = numpy.where(own, word_offsets[numpy.maximum(source[:, 0], 0)] + source[:, 1], -1)
+    lenders = lender_index_segments(own, lengths)  # position within the doc, or -1
+    starts = numpy.cumsum(lengths) - lengths
+    lender_flat = numpy.where(lenders >= 0, lenders + numpy.repeat(starts, lengths), -1)
+    lent_word = numpy.where(lender_flat >= 0, word[numpy.maximum(lender_flat, 0)], -1)
+    if len(word_label):
+        labels = numpy.where(lent_word >= 0, word_label[numpy.maximum(lent_word, 0)], -1)
+        exits = numpy.where(lent_word >= 0, word_exit[numpy.maximum(lent_word, 0)], 0)
+    else:
+        labels = numpy.full(len(word), -1, dtype="int64")
+        exits = numpy.zeros(len(word), dtype="int64")
+    cuts = numpy.cumsum(lengths)[:-1]
+    outputs = TokenOutputs(
+        labels=numpy.split(labels, cuts) if len(docs) else [],
+        exit_layers=numpy.split(exits, cuts) if len(docs) else [],
+        has_output=numpy.split(own, cuts) if len(docs) else [],
+        costs=[(float(c), float(f)) for c, f in zip(doc_cost, doc_full)],
+        lenders=numpy.split(lenders, cuts) if len(docs) else [],
+    )
+    return outputs, (numpy.split(word, cuts) if len(docs) else [])
 
 
 def _borrowed(word_values: numpy.ndarray, token_word: numpy.ndarray, missing: int) -> numpy.ndarray:

@@ -199,3 +199,25 @@ def lender_index(has_value: numpy.ndarray) -> numpy.ndarray:
     following = numpy.minimum.accumulate(following[::-1])[::-1] if n else following
     chosen = numpy.where(previous >= 0, previous, numpy.where(following < n, following, -1))
     return chosen
+
+
+def lender_index_segments(has_value: numpy.ndarray, lengths: numpy.ndarray) -> numpy.ndarray:
+    """lender_index for many docs at once, never lending across a doc.
+
+    has_value: [N] bool, the tokens of D docs one after another; lengths: [D]
+    tokens per doc (sum N). Returns [N] int: per token, the position within
+    its own doc of the token it takes its output from, or -1.
+    """
+    n = len(has_value)
+    lengths = numpy.asarray(lengths, dtype="int64")
+    if n == 0:
+        return numpy.zeros(0, dtype="int64")
+    ends = numpy.cumsum(lengths)
+    starts = ends - lengths
+    doc_of = numpy.repeat(numpy.arange(len(lengths)), lengths)
+    start, end = starts[doc_of], ends[doc_of]
+    positions = numpy.arange(n)
+    previous = numpy.maximum.accumulate(numpy.where(has_value, positions, -1))
+    following = numpy.minimum.accumulate(numpy.where(has_value, positions, n)[::-1])[::-1]
+    chosen = numpy.where(previous >= start, previous, numpy.where(following < end, following, -1))
+    return numpy.where(chosen >= 0, chosen - start, -1)
