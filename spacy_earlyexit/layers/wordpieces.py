@@ -192,13 +192,7 @@ def lender_index(has_value: numpy.ndarray) -> numpy.ndarray:
     has_value: [n_tokens] bool. Returns [n_tokens] int: the token each token
     takes its output from (itself where it has one; -1 if no token has one).
     """
-    n = len(has_value)
-    index = numpy.where(has_value, numpy.arange(n), -1)
-    previous = numpy.maximum.accumulate(index) if n else index
-    following = numpy.where(has_value, numpy.arange(n), n)
-    following = numpy.minimum.accumulate(following[::-1])[::-1] if n else following
-    chosen = numpy.where(previous >= 0, previous, numpy.where(following < n, following, -1))
-    return chosen
+    return lender_index_segments(numpy.asarray(has_value, dtype=bool), [len(has_value)])
 
 
 def lender_index_segments(has_value: numpy.ndarray, lengths: numpy.ndarray) -> numpy.ndarray:
