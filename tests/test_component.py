@@ -121,7 +121,7 @@ def test_encoder_hidden_states_match_hugging_face(tiny_bert):
     docs = [nlp(text) for text in texts]
     get_spans = registry.span_getters.get("spacy-transformers.doc_spans.v1")()
     pieces = tokenize_docs(docs, get_spans, tokenizer, max_pieces_of(tokenizer, reference.config))
-    batch = pieces.encoder_batch(range(len(pieces.spans)), tokenizer.pad_token_id)
+    batch = pieces.encoder_batch(range(pieces.n_spans), tokenizer.pad_token_id)
     real = batch.real_mask()
     assert not bool(real.all()), "the batch should contain padding"
     with torch.no_grad():

@@ -203,7 +203,7 @@ def test_every_character_gets_its_own_piece(char_bert):
     doc = ZH.make_doc("我爱鍂北京  iPhone xyz。")
     pieces = tokenize_docs([doc], configure_strided_spans(128, 96), tokenizer, 64)
     source = pieces.token_source[0]
-    span = pieces.spans[0]
+    span = pieces.span(0)
     for token, (span_i, slot) in zip(doc, source):
         if token.is_space or token.text in "yz":
             assert span_i < 0, token.text

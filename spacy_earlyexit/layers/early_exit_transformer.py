@@ -135,8 +135,7 @@ def init(model: Model, X: Optional[List[Doc]] = None, Y=None) -> Model:
 def _chunks(doc_pieces: DocPieces, batch_size: int, max_pieces: int) -> List[List[int]]:
     """Span indices grouped into encoder batches of similar length (at most
     batch_size spans and max_pieces padded pieces each; see length_batches)."""
-    lengths = [len(span.input_ids) for span in doc_pieces.spans]
-    return length_batches(lengths, batch_size, max_pieces)
+    return length_batches(doc_pieces.span_lengths, batch_size, max_pieces)
 
 
 def forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[TokenOutputs, Callable]:
@@ -147,11 +146,7 @@ def forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[TokenOutputs
         docs, model.attrs["get_spans"], tokenizer, max_pieces_of(tokenizer, encoder.transformer.config)
     )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    n_spans = len(doc_pieces.spans)
-    word_offsets = numpy.zeros(n_spans + 1, dtype="int64")
-    if n_spans:
-        word_offsets[1:] = numpy.cumsum([len(s.word_tokens) for s in doc_pieces.spans])
-    n_words = int(word_offsets[-1])
+    n_spans, n_words = doc_pieces.n_spans, doc_pieces.n_words
     word_exit = numpy.zeros(n_words, dtype="int64")
     word_label = numpy.zeros(n_words, dtype="int64")
     device = shim.device
@@ -197,15 +192,13 @@ def forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[TokenOutputs
             for chunk in _chunks(doc_pieces, model.attrs["span_batch_size"], max_batch_pieces):
                 batch = doc_pieces.encoder_batch(chunk, pad_id).to(device)
                 out = encoder(batch, settings, return_layer_logits=record)
-                chunk_words = numpy.concatenate(
-                    [numpy.arange(word_offsets[i], word_offsets[i + 1]) for i in chunk]
-                )
+                chunk_words = doc_pieces.words_of(chunk)
                 word_exit[chunk_words] = out.exit_layer.cpu().numpy()
                 word_label[chunk_words] = out.labels.cpu().numpy()
                 if record:
                     word_layer_labels[:, chunk_words] = out.layer_logits.argmax(dim=-1).cpu().numpy()
 
-    outputs, token_word = _to_tokens(docs, doc_pieces, word_offsets, word_label, word_exit, encoder)
+    outputs, token_word = _to_tokens(docs, doc_pieces, word_label, word_exit, encoder)
     if not is_train:
         if word_layer_labels is not None:
             outputs.layer_labels = [
@@ -245,19 +238,17 @@ def _reference_predictions(shim: EarlyExitShim, encoder: EarlyExitEncoder) -> Re
     return reference
 
 
-def _to_tokens(docs, doc_pieces: DocPieces, word_offsets, word_label, word_exit, encoder):
+def _to_tokens(docs, doc_pieces: DocPieces, word_label, word_exit, encoder):
     """Map word results to tokens; tokens without a piece borrow a neighbour's.
 
     Vectorised over all tokens of the batch (one split per doc at the end).
     """
-    spans = doc_pieces.spans
-    word_pieces = numpy.fromiter(
-        (n for span in spans for n in span.word_n_pieces), dtype="int64", count=int(word_offsets[-1])
-    )
-    other = numpy.asarray(
-        [len(span.piece_word) - sum(span.word_n_pieces) for span in spans], dtype="int64"
-    )
-    span_doc = numpy.asarray([span.doc_index for span in spans], dtype="int64")
+    word_offsets = doc_pieces.word_offsets
+    word_pieces = doc_pieces.word_n_pieces
+    word_span = numpy.repeat(numpy.arange(doc_pieces.n_spans), numpy.diff(word_offsets))
+    owned = numpy.bincount(word_span, weights=word_pieces, minlength=doc_pieces.n_spans)
+    other = doc_pieces.span_lengths - owned.astype("int64")
+    span_doc = doc_pieces.span_doc
     span_costs, span_full = spans_cost(encoder.shape, word_pieces, word_offsets, other, word_exit)
     doc_cost = numpy.bincount(span_doc, weights=span_costs, minlength=len(docs))
     doc_full = numpy.bincount(span_doc, weights=span_full, minlength=len(docs))

