@@ -3,7 +3,8 @@
 Runs every setting side by side in one process, interleaved, several
 repetitions, and reports medians: words/s of nlp.pipe, the task score, mean
 exit layer, analytic FLOPs speed-up, wall-clock speed-up over exit_mode "off"
-and the ratio wall / FLOPs. Optionally times a plain spacy-transformers
+(the median over repetitions of the ratio within each repetition) and the
+ratio wall / FLOPs. Optionally times a plain spacy-transformers
 pipeline (transformer + tagger with a TransformerListener) on the same
 backbone as a throughput reference.
 
@@ -21,7 +22,7 @@ import torch
 from spacy.tokens import Doc, DocBin
 from spacy.training import Example
 
-from spacy_earlyexit.sweep import _fresh_docs as fresh_docs, setting_name
+from spacy_earlyexit.sweep import _fresh_docs as fresh_docs, paired_speedup, setting_name
 
 COMPONENT = "earlyexit_tagger"
 
@@ -96,6 +97,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--time-limit", type=int, default=0, help="time on the first N of those docs only")
     parser.add_argument("--grid", default=None, help="JSON list of settings (default: built-in grid)")
     parser.add_argument("--reference-backbone", default=None, help="also time spacy-transformers on this backbone")
+    parser.add_argument("--reference-repetitions", type=int, default=0,
+                        help="time the reference in only the first N repetitions (0: all)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -117,7 +120,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     for setting in grid:
         name = setting_name(setting)
         examples = [Example(doc, gold) for doc, gold in zip(fresh_docs(nlp, gold_docs), gold_docs)]
-        scores = nlp.evaluate(examples, batch_size=args.batch_size, component_cfg={COMPONENT: setting})
+        scores = nlp.evaluate(examples, batch_size=args.batch_size, component_cfg={COMPONENT: dict(setting)})
         rows[name] = {
             "setting": setting,
             key: scores.get(key),
@@ -141,18 +144,18 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     time_pipe(nlp, docs[:200], args.batch_size)  # warm-up
     for repetition in range(args.repetitions):
         for setting in grid:
-            seconds = time_pipe(nlp, fresh_docs(nlp, gold_docs), args.batch_size, {COMPONENT: setting})
+            seconds = time_pipe(nlp, fresh_docs(nlp, gold_docs), args.batch_size, {COMPONENT: dict(setting)})
             rows[setting_name(setting)]["seconds"].append(seconds)
-        if reference is not None:
+        if reference is not None and (not args.reference_repetitions or repetition < args.reference_repetitions):
             rows["spacy-transformers"]["seconds"].append(
                 time_pipe(reference, fresh_docs(nlp, gold_docs), args.batch_size)
             )
         print(f"repetition {repetition + 1}/{args.repetitions} done")
-    base = statistics.median(rows["off"]["seconds"]) if "off" in rows else None
+    base = rows["off"]["seconds"] if "off" in rows else None
     for row in rows.values():
         median = statistics.median(row["seconds"])
         row["words_per_second"] = n_words / median
-        row["wall_speedup"] = base / median if base else None
+        row["wall_speedup"] = paired_speedup(base[: len(row["seconds"])], row["seconds"]) if base else None
         flops = row.get("flops_speedup")
         row["wall_over_flops"] = row["wall_speedup"] / flops if (flops and row["wall_speedup"]) else None
 

@@ -131,6 +131,20 @@ def _fresh_docs(nlp: Language, gold_docs: Sequence[Doc]) -> List[Doc]:
     ]
 
 
+def paired_speedup(base_seconds: Sequence[float], seconds: Sequence[float]) -> Optional[float]:
+    """Wall-clock speed-up over the baseline: the median, over repetitions, of
+    baseline seconds / seconds in the same repetition.
+
+    Runs of one repetition are close in time, so their ratio cancels slow
+    drifts of the machine's speed (other jobs, memory state) that a ratio of
+    the two medians keeps. base_seconds, seconds: [R] per repetition.
+    """
+    if len(base_seconds) != len(seconds):
+        raise ValueError(f"{len(base_seconds)} baseline timings against {len(seconds)}")
+    ratios = [base / own for base, own in zip(base_seconds, seconds) if own > 0]
+    return statistics.median(ratios) if ratios else None
+
+
 def _time_pipe(nlp: Language, docs: List[Doc], batch_size: int, setting: Mapping[str, Any]):
     start = time.perf_counter()
     annotated = list(nlp.pipe(docs, batch_size=batch_size, component_cfg={COMPONENT: dict(setting)}))
@@ -205,15 +219,11 @@ def run_sweep(
                 row["flops_speedup"] = scores.get("flops_speedup")
             bar.update(1)
     bar.close()
-    base = {
-        row["model"]: statistics.median(row["seconds"])
-        for row in rows
-        if row["setting"]["exit_mode"] == "off"
-    }
+    base = {row["model"]: row["seconds"] for row in rows if row["setting"]["exit_mode"] == "off"}
     for row in rows:
         median = statistics.median(row["seconds"])
         row["words_per_second"] = n_words / median if median > 0 else None
-        row["wall_speedup"] = base[row["model"]] / median if row["model"] in base and median > 0 else None
+        row["wall_speedup"] = paired_speedup(base[row["model"]], row["seconds"]) if row["model"] in base else None
     return {
         "dev": str(dev_path),
         "n_docs": len(first),

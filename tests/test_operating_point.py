@@ -162,3 +162,15 @@ def test_sweep_grid_with_three_level_schedule():
         == [1.0, 4.0, 4.0]
     with pytest.raises(ValueError, match=r"m=4/16|4/16.*>= 3"):
         build_grid(["token"], [0.1], [0], later_factors=[(4.0, 16.0)], n_layers=2)
+
+
+def test_paired_speedup_is_the_median_of_per_repetition_ratios():
+    from spacy_earlyexit.sweep import paired_speedup
+
+    # the machine slows down in repetition 2: both runs take twice as long
+    base, fast = [10.0, 20.0, 10.0], [5.0, 10.0, 4.0]
+    assert paired_speedup(base, fast) == pytest.approx(2.0)  # ratios 2, 2, 2.5
+    # ratios 2, 2, 1.22: one slow run does not move it (the ratio of medians is 11 / 9)
+    assert paired_speedup([10.0, 30.0, 11.0], [5.0, 15.0, 9.0]) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="3 baseline timings against 2"):
+        paired_speedup([1.0, 2.0, 3.0], [1.0, 2.0])

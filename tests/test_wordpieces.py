@@ -169,3 +169,18 @@ def test_backend_encoding_equals_the_tokenizer_call(tokenizers) -> None:
         encoded = tokenizer(TEXTS, add_special_tokens=True, return_offsets_mapping=True)
         assert ids == encoded["input_ids"]
         assert [list(map(tuple, o)) for o in offsets] == [list(map(tuple, o)) for o in encoded["offset_mapping"]]
+
+
+def test_encoding_with_a_truncating_backend_falls_back_to_the_full_call(tiny_bert) -> None:
+    """A tokenizer whose Rust backend was left truncating (or padding) goes
+    through the tokenizer's own call, which encodes every piece."""
+    from transformers import AutoTokenizer
+
+    clean = AutoTokenizer.from_pretrained(str(tiny_bert), use_fast=True)
+    expected, _ = encode_texts(clean, TEXTS)
+    truncating = AutoTokenizer.from_pretrained(str(tiny_bert), use_fast=True)
+    truncating.backend_tokenizer.enable_truncation(max_length=4)
+    ids, offsets = encode_texts(truncating, TEXTS)
+    assert ids == expected
+    assert [len(o) for o in offsets] == [len(i) for i in expected]
+    assert max(len(i) for i in ids) > 4
