@@ -141,7 +141,7 @@ class DocPieces:
         columns = _segment_positions(lengths)
         source = numpy.repeat(self.piece_offsets[spans], lengths) + columns
         n_words = self.word_offsets[spans + 1] - self.word_offsets[spans]
-        words = numpy.repeat(self.word_offsets[spans], n_words) + _segment_positions(n_words)
+        words = self.words_of(spans)
         first_word = numpy.cumsum(n_words) - n_words  # of each row, in the batch
         owners = self.piece_word[source]
         input_ids = numpy.full((n_rows, length), pad_id, dtype="int64")
