@@ -1,7 +1,9 @@
 """Benchmark: words/s, accuracy and speed-up of early exit on a dev corpus.
 
 Runs every setting side by side in one process, interleaved, several
-repetitions, and reports medians: words/s of nlp.pipe, the task score, mean
+repetitions (each times every setting on one slice of docs, by default one
+nlp.pipe batch, before the next slice, alternating the order of settings),
+and reports medians: words/s of nlp.pipe, the task score, mean
 exit layer, analytic FLOPs speed-up, wall-clock speed-up over exit_mode "off"
 (the median over repetitions of the ratio within each repetition) and the
 ratio wall / FLOPs. Optionally times a plain spacy-transformers
@@ -22,7 +24,7 @@ import torch
 from spacy.tokens import Doc, DocBin
 from spacy.training import Example
 
-from spacy_earlyexit.sweep import _fresh_docs as fresh_docs, paired_speedup, setting_name
+from spacy_earlyexit.sweep import _fresh_docs as fresh_docs, doc_slices, paired_speedup, setting_name
 
 COMPONENT = "earlyexit_tagger"
 
@@ -100,6 +102,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--reference-repetitions", type=int, default=0,
                         help="time the reference in only the first N repetitions (0: all)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--slice-docs", type=int, default=0,
+                        help="interleave the settings on slices of N docs (0: one batch)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -142,10 +146,15 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         n_words = sum(len(d) for d in gold_docs)
     docs = fresh_docs(nlp, gold_docs)
     time_pipe(nlp, docs[:200], args.batch_size)  # warm-up
+    parts = doc_slices(len(gold_docs), args.slice_docs or args.batch_size)
     for repetition in range(args.repetitions):
-        for setting in grid:
-            seconds = time_pipe(nlp, fresh_docs(nlp, gold_docs), args.batch_size, {COMPONENT: dict(setting)})
-            rows[setting_name(setting)]["seconds"].append(seconds)
+        order = grid if repetition % 2 == 0 else grid[::-1]
+        for setting in order:
+            rows[setting_name(setting)]["seconds"].append(0.0)
+        for part in parts:  # every setting on one slice, then the next slice
+            for setting in order:
+                seconds = time_pipe(nlp, fresh_docs(nlp, gold_docs[part]), args.batch_size, {COMPONENT: dict(setting)})
+                rows[setting_name(setting)]["seconds"][-1] += seconds
         if reference is not None and (not args.reference_repetitions or repetition < args.reference_repetitions):
             rows["spacy-transformers"]["seconds"].append(
                 time_pipe(reference, fresh_docs(nlp, gold_docs), args.batch_size)
@@ -166,6 +175,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         "n_words_timed": n_words,
         "repetitions": args.repetitions,
         "batch_size": args.batch_size,
+        "slice_docs": args.slice_docs or args.batch_size,
         "torch_threads": torch.get_num_threads(),
         "score_key": key,
         "rows": rows,

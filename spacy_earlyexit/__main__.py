@@ -164,6 +164,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     result = run_sweep(
         pipelines, args.dev, grid,
         repetitions=args.repetitions, batch_size=args.batch_size, limit=args.limit,
+        slice_docs=args.slice_docs,
         progress=not args.no_progress,
     )
     result["models"] = paths
@@ -309,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--repetitions", type=int, default=3)
     sweep.add_argument("--batch-size", type=int, default=1024)
     sweep.add_argument("--limit", type=int, default=0, help="use only the first N dev docs (0: all)")
+    sweep.add_argument("--slice-docs", type=int, default=0,
+                       help="interleave the settings on slices of N docs (0: one batch)")
     sweep.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     sweep.add_argument("--gpu-id", type=int, default=-1)
     sweep.add_argument("--no-progress", action="store_true")

@@ -145,6 +145,13 @@ def paired_speedup(base_seconds: Sequence[float], seconds: Sequence[float]) -> O
     return statistics.median(ratios) if ratios else None
 
 
+def doc_slices(n_docs: int, slice_docs: int) -> List[slice]:
+    """Consecutive slices of at most slice_docs docs that cover n_docs."""
+    if slice_docs < 1:
+        raise ValueError(f"slice_docs must be >= 1; got {slice_docs}")
+    return [slice(start, min(start + slice_docs, n_docs)) for start in range(0, n_docs, slice_docs)]
+
+
 def _time_pipe(nlp: Language, docs: List[Doc], batch_size: int, setting: Mapping[str, Any]):
     start = time.perf_counter()
     annotated = list(nlp.pipe(docs, batch_size=batch_size, component_cfg={COMPONENT: dict(setting)}))
@@ -159,6 +166,7 @@ def run_sweep(
     repetitions: int = 3,
     batch_size: int = 1024,
     limit: int = 0,
+    slice_docs: int = 0,
     progress: bool = True,
 ) -> Dict[str, Any]:
     """Score and time every setting of `grid` on every pipeline.
@@ -169,6 +177,10 @@ def run_sweep(
         docs (0: all).
     grid: settings as accepted by configure_exit (see build_grid); one of
         them should be {"exit_mode": "off"}, the wall-clock baseline.
+    slice_docs: interleave the settings on slices of this many docs (0: one
+        nlp.pipe batch, batch_size docs): each repetition times every
+        setting on the first slice, then every setting on the next, and so
+        on, so that all settings see the machine in the same state.
     Returns a JSON-friendly dict; its "rows" hold, per pipeline and setting:
     model, name, setting, score, exit_layer_mean, flops_speedup, seconds
     (per repetition), words_per_second and wall_speedup.
@@ -202,22 +214,29 @@ def run_sweep(
             rows.append({"model": model_name, "name": setting_name(setting), "setting": dict(setting), "seconds": []})
     for model_name, nlp in loaded.items():  # warm-up
         _time_pipe(nlp, _fresh_docs(nlp, gold[model_name][:64]), batch_size, {"exit_mode": "off"})
-    bar = tqdm(total=repetitions * len(rows), desc="sweep", unit="run", disable=not progress)
+    parts = doc_slices(len(first), slice_docs or batch_size)
+    bar = tqdm(total=repetitions * len(rows) * len(parts), desc="sweep", unit="run", disable=not progress)
     for repetition in range(repetitions):
         order = rows if repetition % 2 == 0 else rows[::-1]
+        annotated: Dict[int, List[Doc]] = {id(row): [] for row in rows if "score" not in row}
         for row in order:
-            bar.set_postfix_str(f"{row['model']} {row['name']}")
-            nlp = loaded[row["model"]]
-            docs = _fresh_docs(nlp, gold[row["model"]])
-            seconds, annotated = _time_pipe(nlp, docs, batch_size, row["setting"])
-            row["seconds"].append(seconds)
-            if "score" not in row:
-                examples = [Example(doc, ref) for doc, ref in zip(annotated, gold[row["model"]])]
-                scores = nlp.get_pipe(COMPONENT).score(examples)
+            row["seconds"].append(0.0)
+        for part in parts:
+            for row in order:
+                bar.set_postfix_str(f"{row['model']} {row['name']}")
+                nlp = loaded[row["model"]]
+                seconds, docs = _time_pipe(nlp, _fresh_docs(nlp, gold[row["model"]][part]), batch_size, row["setting"])
+                row["seconds"][-1] += seconds
+                if id(row) in annotated:
+                    annotated[id(row)].extend(docs)
+                bar.update(1)
+        for row in rows:
+            if id(row) in annotated:
+                examples = [Example(doc, ref) for doc, ref in zip(annotated[id(row)], gold[row["model"]])]
+                scores = loaded[row["model"]].get_pipe(COMPONENT).score(examples)
                 row["score"] = scores.get(score_key)
                 row["exit_layer_mean"] = scores.get("exit_layer_mean")
                 row["flops_speedup"] = scores.get("flops_speedup")
-            bar.update(1)
     bar.close()
     base = {row["model"]: row["seconds"] for row in rows if row["setting"]["exit_mode"] == "off"}
     for row in rows:
@@ -230,6 +249,7 @@ def run_sweep(
         "n_words": n_words,
         "repetitions": repetitions,
         "batch_size": batch_size,
+        "slice_docs": slice_docs or batch_size,
         "torch_threads": torch.get_num_threads(),
         "score_key": score_key,
         "models": {name: str(p) if not isinstance(p, Language) else name for name, p in pipelines.items()},

@@ -5,8 +5,10 @@ import itertools
 import random
 from typing import List, Sequence
 
+import numpy
+
 import pytest
-from spacy_earlyexit.model.batching import length_batches
+from spacy_earlyexit.model.batching import consecutive_groups, length_batches
 
 
 def cost(batches: List[List[int]], lengths: Sequence[int], batch_cost: float) -> float:
@@ -96,3 +98,37 @@ def test_lender_index_per_doc_and_segmented(seed: int) -> None:
     segmented = lender_index_segments(flat, numpy.asarray([len(d) for d in docs], dtype="int64"))
     # never lends across docs: the same as each doc on its own
     assert segmented.tolist() == [i for doc in docs for i in reference_lender(doc)]
+
+
+def test_waves_hold_every_batch_once_in_order_within_the_slot_budget(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from spacy_earlyexit.layers import early_exit_transformer
+
+    monkeypatch.setattr(early_exit_transformer, "WAVE_SLOTS", 600)
+    rng = numpy.random.default_rng(1)
+    lengths = rng.integers(3, 90, size=300)
+    pieces = SimpleNamespace(span_lengths=lengths)
+    chunks = early_exit_transformer._chunks(pieces, 16, 16 * 40)
+    waves = early_exit_transformer._waves(pieces, 16, 16 * 40)
+    assert [chunk for wave in waves for chunk in wave] == chunks
+    assert len(waves) > 1
+    for wave in waves:
+        slots = [len(chunk) * int(lengths[chunk].max()) for chunk in wave]
+        assert len(wave) == 1 or sum(slots) <= 600
+    monkeypatch.setattr(early_exit_transformer, "WAVE_SLOTS", 0)  # one batch a wave
+    assert early_exit_transformer._waves(pieces, 16, 16 * 40) == [[chunk] for chunk in chunks]
+
+
+def test_consecutive_groups_keep_order_and_budget() -> None:
+    assert consecutive_groups([], 10) == []
+    assert consecutive_groups([3, 3, 3, 3], 10) == [[0, 1, 2], [3]]
+    assert consecutive_groups([12, 1, 1, 20, 0, 0], 10) == [[0], [1, 2], [3], [4, 5]]
+    assert consecutive_groups([5, 5], 0) == [[0], [1]]  # 0 merges nothing
+    rng = numpy.random.default_rng(0)
+    for _ in range(20):
+        rows = rng.integers(0, 50, size=int(rng.integers(1, 12))).tolist()
+        groups = consecutive_groups(rows, 60)
+        assert [i for group in groups for i in group] == list(range(len(rows)))
+        for group in groups:
+            assert len(group) == 1 or sum(rows[i] for i in group) <= 60

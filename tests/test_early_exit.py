@@ -794,3 +794,86 @@ def test_evaluate_reports_exit_scores(nlp) -> None:
     full = sum(d._.early_exit["flops_full"] for d in docs)
     assert mixed["flops_speedup"] == pytest.approx(full / flops)
     assert "ents_f" in mixed
+
+
+# --------------------------------------------------------------------------
+# several batches through the layers together (forward_batches)
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("max_rows", [0, 10_000])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        ExitSettings(exit_mode="off"),
+        ExitSettings(exit_mode="sentence", threshold=0.45),
+        ExitSettings(exit_mode="token", threshold=0.45, window=1),
+        ExitSettings(exit_mode="token", threshold=0.6, window=0, threshold_multipliers=INCREASING),
+    ],
+)
+def test_batches_together_match_the_reference_one_by_one(monkeypatch, max_rows, settings) -> None:
+    """Batches that run through the layers together, their per-row work
+    merged into one product (max_rows 10,000) or not (0), each give what the
+    masked reference gives for that batch alone; batches finish at
+    different layers, one has a span without words, one exits at once."""
+    from spacy_earlyexit.model import packed_layer
+
+    monkeypatch.setattr(packed_layer, "MERGE_ROWS", max_rows)
+    encoder = shared_encoder()
+    batches = [fixed_batch()] + [build_batch(random_spans(seed, n_spans=3 + seed), seed=seed) for seed in range(4)]
+    cleared = [clear_threshold(encoder, batch, settings) for batch in batches]
+    # one setting for all: take the first that is clear for every batch
+    for candidate, _ in cleared:
+        expected = [reference_forward(encoder, batch, candidate) for batch in batches]
+        if min(result[3] for result in expected) > MARGIN:
+            break
+    else:
+        pytest.skip("no threshold clear of every batch's scores")
+    with torch.no_grad():
+        outs = encoder.forward_batches(batches, candidate)
+        alone = [encoder(batch, candidate) for batch in batches]
+    for out, single, (exit_layer, labels, logits, _) in zip(outs, alone, expected):
+        assert out.exit_layer.tolist() == exit_layer.tolist() == single.exit_layer.tolist()
+        assert out.labels.tolist() == labels.tolist() == single.labels.tolist()
+        numpy.testing.assert_allclose(out.exit_logits.numpy(), logits, atol=1e-4)
+        torch.testing.assert_close(out.exit_logits, single.exit_logits, atol=1e-5, rtol=1e-5)
+    if candidate.exit_mode != "off":
+        assert len({layer for out in outs for layer in out.exit_layer.tolist()}) >= 2
+
+
+@pytest.mark.parametrize("max_rows", [0, 10_000])
+def test_batches_that_finish_at_different_layers(monkeypatch, max_rows) -> None:
+    """Forced exits (as in self-sampling): one batch leaves after layer 1,
+    one runs to the top, the others in between; each batch's result is
+    that of the batch alone."""
+    from spacy_earlyexit.model import packed_layer
+
+    monkeypatch.setattr(packed_layer, "MERGE_ROWS", max_rows)
+    encoder = shared_encoder()
+    batches = [fixed_batch()] + [build_batch(random_spans(seed, n_spans=4), seed=seed) for seed in range(3)]
+    generator = torch.Generator().manual_seed(0)
+    forced = [torch.ones(batches[0].n_words, dtype=torch.long),
+              torch.full((batches[1].n_words,), encoder.n_layers, dtype=torch.long)]
+    forced += [torch.randint(1, encoder.n_layers + 1, (b.n_words,), generator=generator) for b in batches[2:]]
+    with torch.no_grad():
+        outs = encoder.forward_batches(batches, forced_exit_layers=forced)
+        alone = [encoder(batch, forced_exit_layer=exits) for batch, exits in zip(batches, forced)]
+    for out, single, exits in zip(outs, alone, forced):
+        assert out.exit_layer.tolist() == exits.tolist() == single.exit_layer.tolist()
+        assert out.labels.tolist() == single.labels.tolist()
+        torch.testing.assert_close(out.exit_logits, single.exit_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_batches_together_with_layer_logits_and_hidden_states() -> None:
+    """The training outputs (every layer's logits, hidden states) of batches
+    run together equal those of each batch alone."""
+    encoder = shared_encoder()
+    batches = [fixed_batch(), build_batch(random_spans(7, n_spans=4), seed=7)]
+    settings = ExitSettings(exit_mode="token", threshold=0.5, window=1)
+    with torch.no_grad():
+        together = encoder.forward_batches(batches, settings, return_layer_logits=True, output_hidden_states=True)
+        alone = [encoder(b, settings, return_layer_logits=True, output_hidden_states=True) for b in batches]
+    for out, single in zip(together, alone):
+        torch.testing.assert_close(out.layer_logits, single.layer_logits, atol=1e-5, rtol=1e-5)
+        assert out.layer_active.tolist() == single.layer_active.tolist()
+        assert len(out.hidden_states) == len(single.hidden_states)
+        for mine, theirs in zip(out.hidden_states, single.hidden_states):
+            torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5)

@@ -174,3 +174,39 @@ def test_paired_speedup_is_the_median_of_per_repetition_ratios():
     assert paired_speedup([10.0, 30.0, 11.0], [5.0, 15.0, 9.0]) == pytest.approx(2.0)
     with pytest.raises(ValueError, match="3 baseline timings against 2"):
         paired_speedup([1.0, 2.0, 3.0], [1.0, 2.0])
+
+
+def test_doc_slices_cover_the_docs_in_order():
+    from spacy_earlyexit.sweep import doc_slices
+
+    assert doc_slices(0, 4) == []
+    assert doc_slices(10, 4) == [slice(0, 4), slice(4, 8), slice(8, 10)]
+    assert doc_slices(3, 1024) == [slice(0, 3)]
+    with pytest.raises(ValueError, match="slice_docs"):
+        doc_slices(3, 0)
+
+
+def test_sweep_on_slices_scores_the_same_as_on_whole_batches(tiny_bert, tmp_path):
+    """Interleaving the settings on slices of docs changes only the timing:
+    scores and exit statistics are those of whole nlp.pipe batches."""
+    import spacy
+    from spacy.tokens import DocBin
+    from spacy.training import Example
+
+    from conftest import POS_DATA, train_tiny_pipeline
+    from spacy_earlyexit.sweep import run_sweep
+
+    nlp = train_tiny_pipeline(tiny_bert, "pos", 3)
+    gold = [Example.from_dict(nlp.make_doc(text), {"pos": tags}).reference for text, tags in POS_DATA]
+    dev = tmp_path / "dev.spacy"
+    DocBin(docs=gold * 3).to_disk(dev)
+    grid = [{"exit_mode": "off"}, {"exit_mode": "token", "threshold": 0.3, "window": 0}]
+    kwargs = dict(repetitions=2, batch_size=4, progress=False)
+    whole = run_sweep({"m": nlp}, dev, grid, **kwargs)
+    sliced = run_sweep({"m": nlp}, dev, grid, slice_docs=2, **kwargs)
+    assert sliced["slice_docs"] == 2 and whole["slice_docs"] == 4
+    for a, b in zip(whole["rows"], sliced["rows"]):
+        assert a["name"] == b["name"]
+        for key in ("score", "exit_layer_mean", "flops_speedup"):
+            assert a[key] == pytest.approx(b[key])
+        assert len(b["seconds"]) == 2 and all(s > 0 for s in b["seconds"])

@@ -14,7 +14,7 @@ from spacy.tokens import Doc
 from thinc.api import Model, get_torch_default_device
 
 from ..model import EarlyExitEncoder, ExitSettings, spans_cost
-from ..model.batching import length_batches
+from ..model.batching import consecutive_groups, length_batches
 from ..model.self_sampling import ReferencePredictions, SelfSampling, sample_exit_layers
 from .shim import EarlyExitShim
 from .wordpieces import (
@@ -138,6 +138,22 @@ def _chunks(doc_pieces: DocPieces, batch_size: int, max_pieces: int) -> List[Lis
     return length_batches(doc_pieces.span_lengths, batch_size, max_pieces)
 
 
+#: padded piece slots of the encoder batches that go through the layers
+#: together (forward_batches): enough batches for the per-row work after
+#: exits to fill large matrix products, few enough for their states
+#: (slots x hidden size floats) to stay small
+WAVE_SLOTS = 65536
+
+
+def _waves(doc_pieces: DocPieces, batch_size: int, max_pieces: int) -> List[List[List[int]]]:
+    """The encoder batches of _chunks, grouped into consecutive waves of at
+    most WAVE_SLOTS padded slots (a batch larger than that is a wave alone)."""
+    lengths = doc_pieces.span_lengths
+    chunks = _chunks(doc_pieces, batch_size, max_pieces)
+    slots = [len(chunk) * int(lengths[chunk].max()) for chunk in chunks]
+    return [[chunks[i] for i in group] for group in consecutive_groups(slots, WAVE_SLOTS)]
+
+
 def forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[TokenOutputs, Callable]:
     shim: EarlyExitShim = model.shims[0]
     encoder = shim.encoder
@@ -189,14 +205,15 @@ def forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[TokenOutputs
         record = bool(model.attrs.get("record_layer_labels"))
         word_layer_labels = numpy.zeros((encoder.n_layers, n_words), dtype="int64") if record else None
         with torch.no_grad():
-            for chunk in _chunks(doc_pieces, model.attrs["span_batch_size"], max_batch_pieces):
-                batch = doc_pieces.encoder_batch(chunk, pad_id).to(device)
-                out = encoder(batch, settings, return_layer_logits=record)
-                chunk_words = doc_pieces.words_of(chunk)
-                word_exit[chunk_words] = out.exit_layer.cpu().numpy()
-                word_label[chunk_words] = out.labels.cpu().numpy()
-                if record:
-                    word_layer_labels[:, chunk_words] = out.layer_logits.argmax(dim=-1).cpu().numpy()
+            for wave in _waves(doc_pieces, model.attrs["span_batch_size"], max_batch_pieces):
+                batches = [doc_pieces.encoder_batch(chunk, pad_id).to(device) for chunk in wave]
+                outs = encoder.forward_batches(batches, settings, return_layer_logits=record)
+                for chunk, out in zip(wave, outs):
+                    chunk_words = doc_pieces.words_of(chunk)
+                    word_exit[chunk_words] = out.exit_layer.cpu().numpy()
+                    word_label[chunk_words] = out.labels.cpu().numpy()
+                    if record:
+                        word_layer_labels[:, chunk_words] = out.layer_logits.argmax(dim=-1).cpu().numpy()
 
     outputs, token_word = _to_tokens(docs, doc_pieces, word_label, word_exit, encoder)
     if not is_train:

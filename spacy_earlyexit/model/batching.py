@@ -58,3 +58,21 @@ def length_batches(
         batches.append(order[cut[end]:end].tolist())
         end = int(cut[end])
     return batches[::-1]
+
+
+def consecutive_groups(sizes: Sequence[int], budget: int) -> List[List[int]]:
+    """Indices 0..N-1 cut into consecutive groups whose sizes sum to at most
+    `budget` (an index larger than the budget is a group of its own; a
+    budget of 0 gives one group per index of size > 0).
+
+    sizes: [N] non-negative sizes. Returns the groups in order.
+    """
+    groups: List[List[int]] = []
+    total = 0
+    for index, size in enumerate(sizes):
+        if not groups or total + size > budget:
+            groups.append([])
+            total = 0
+        groups[-1].append(index)
+        total += size
+    return groups

@@ -7,7 +7,7 @@ whose words have all exited are dropped from the batch.
 """
 import warnings
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -15,7 +15,7 @@ from torch import nn
 from .cost_model import EncoderShape
 from .exit_policy import sentence_exits, token_exits
 from .exit_settings import ExitSettings
-from .packed_layer import PieceLayout, is_packable, masked_layer_forward, packed_layer_forward
+from .packed_layer import PieceLayout, is_packable, masked_layer_forward, packed_layers_forward
 from .uncertainty import normalized_entropy
 
 
@@ -164,126 +164,222 @@ class EarlyExitEncoder(nn.Module):
         output_hidden_states: also return each layer's states; finished spans are
             then kept in the batch so that every state is available.
         """
-        settings = settings or ExitSettings()
-        n_layers, n_words = self.n_layers, batch.n_words
-        device = batch.input_ids.device
-        thresholds = settings.layer_thresholds(n_layers)
-        mode = settings.exit_mode if forced_exit_layer is None else "forced"
+        forced = None if forced_exit_layer is None else [forced_exit_layer]
+        return self.forward_batches(
+            [batch], settings, forced, return_layer_logits, output_hidden_states
+        )[0]
 
-        real_all = batch.real_mask()
-        hidden = self.embed(batch.input_ids)
-        rows = torch.arange(batch.n_spans, device=device)  # original span of each row
-        row_of_span = rows.clone()
-        word_active = torch.ones(n_words, dtype=torch.bool, device=device)
-        exit_layer = torch.full((n_words,), n_layers, dtype=torch.long, device=device)
-        labels = torch.zeros(n_words, dtype=torch.long, device=device)
-        exit_logits = hidden.new_zeros(n_words, self.n_classes)
+    def forward_batches(
+        self,
+        batches: Sequence[EncoderBatch],
+        settings: Optional[ExitSettings] = None,
+        forced_exit_layers: Optional[Sequence[torch.Tensor]] = None,
+        return_layer_logits: bool = False,
+        output_hidden_states: bool = False,
+    ) -> List[EncoderOutput]:
+        """forward() for several batches, layer by layer together.
+
+        Attention and the exit rule run per batch, as in forward(); the per-row
+        work of batches with few active pieces is merged into one matrix
+        product (see packed_layers_forward), which keeps the products large
+        after most words have exited. Each batch's output is forward()'s.
+        forced_exit_layers: one [W_b] tensor per batch, or None.
+        """
+        settings = settings or ExitSettings()
+        runs = [
+            _BatchRun(
+                self, batch, settings, None if forced_exit_layers is None else forced_exit_layers[index],
+                return_layer_logits, output_hidden_states,
+            )
+            for index, batch in enumerate(batches)
+        ]
+        inplace = not output_hidden_states and not torch.is_grad_enabled()
+        for layer_index, layer in enumerate(self.layers):
+            live = [run for run in runs if run.running]
+            if not live:
+                break
+            masks = [run.piece_masks() for run in live]
+            if self.packed:
+                layouts = [PieceLayout.build(real, active) for real, active in masks]
+                hiddens = packed_layers_forward(layer, [run.hidden for run in live], layouts, inplace=inplace)
+            else:
+                hiddens = [
+                    masked_layer_forward(layer, run.hidden, real, active)
+                    for run, (real, active) in zip(live, masks)
+                ]
+            for run, hidden in zip(live, hiddens):
+                run.after_layer(layer_index, hidden)
+        return [run.output() for run in runs]
+
+
+class _BatchRun:
+    """One batch's state on its way through the layers (forward_batches).
+
+    hidden: [R, T', d], the states of the R spans still running (rows), the
+    grid cut to their longest span; rows: [R] original span of each row;
+    row_of_span: [S] row of each span (-1: dropped).
+    """
+
+    def __init__(
+        self,
+        encoder: EarlyExitEncoder,
+        batch: EncoderBatch,
+        settings: ExitSettings,
+        forced_exit_layer: Optional[torch.Tensor],
+        return_layer_logits: bool,
+        output_hidden_states: bool,
+    ) -> None:
+        n_layers, n_words = encoder.n_layers, batch.n_words
+        device = batch.input_ids.device
+        self.encoder, self.batch, self.settings = encoder, batch, settings
+        self.forced_exit_layer = forced_exit_layer
+        self.thresholds = settings.layer_thresholds(n_layers)
+        self.mode = settings.exit_mode if forced_exit_layer is None else "forced"
+        self.keep_finished = output_hidden_states
+        self.real_all = batch.real_mask()
+        self.hidden = encoder.embed(batch.input_ids)
+        self.rows = torch.arange(batch.n_spans, device=device)
+        self.row_of_span = self.rows.clone()
+        self.word_active = torch.ones(n_words, dtype=torch.bool, device=device)
+        self.exit_layer = torch.full((n_words,), n_layers, dtype=torch.long, device=device)
+        self.labels = torch.zeros(n_words, dtype=torch.long, device=device)
+        self.exit_logits = self.hidden.new_zeros(n_words, encoder.n_classes)
         n_slots = int(batch.word_slot.max()) + 1 if n_words else 0
-        uncertainty = hidden.new_zeros(batch.n_spans, n_slots)
-        word_grid = torch.zeros(batch.n_spans, n_slots, dtype=torch.bool, device=device)
-        word_grid[batch.word_span, batch.word_slot] = True
-        layer_logits = hidden.new_zeros(n_layers, n_words, self.n_classes) if return_layer_logits else None
-        layer_active = (
+        self.uncertainty = self.hidden.new_zeros(batch.n_spans, n_slots)
+        self.word_grid = torch.zeros(batch.n_spans, n_slots, dtype=torch.bool, device=device)
+        self.word_grid[batch.word_span, batch.word_slot] = True
+        self.layer_logits = (
+            self.hidden.new_zeros(n_layers, n_words, encoder.n_classes) if return_layer_logits else None
+        )
+        self.layer_active = (
             torch.zeros(n_layers, n_words, dtype=torch.bool, device=device) if return_layer_logits else None
         )
-        hidden_states = [hidden] if output_hidden_states else None
-        inplace = not output_hidden_states and not torch.is_grad_enabled()
+        self.hidden_states = [self.hidden] if output_hidden_states else None
+        self.running = True
         # spans without words have nothing to compute
         has_words = torch.zeros(batch.n_spans, dtype=torch.bool, device=device)
         has_words[batch.word_span] = True
         if not bool(has_words.all()) and not output_hidden_states:
-            hidden, rows, row_of_span = self._keep_rows(hidden, rows, has_words, batch.n_spans)
-
-        for layer_index, layer in enumerate(self.layers):
-            if hidden.shape[0] == 0:
-                break
-            real = real_all.index_select(0, rows)[:, : hidden.shape[1]]
-            piece_word = batch.piece_word.index_select(0, rows)[:, : hidden.shape[1]]
-            active_pieces = real & ((piece_word < 0) | word_active[piece_word.clamp(min=0)])
-            span_running = torch.zeros(batch.n_spans, dtype=torch.bool, device=device)
-            span_running[batch.word_span[word_active]] = True
-            active_pieces &= span_running.index_select(0, rows)[:, None]
-            if self.packed:
-                layout = PieceLayout.build(real, active_pieces)
-                hidden = packed_layer_forward(layer, hidden, layout, inplace=inplace)
-            else:
-                hidden = masked_layer_forward(layer, hidden, real, active_pieces)
-            if hidden_states is not None:
-                hidden_states.append(hidden)
-
-            active_words = word_active.nonzero().squeeze(1)
-            length = hidden.shape[1]
-            flat_piece = row_of_span[batch.word_span[active_words]] * length + batch.word_piece[active_words]
-            logits = self.offramps[layer_index](
-                hidden.reshape(-1, self.hidden_size).index_select(0, flat_piece)
+            self.hidden, self.rows, self.row_of_span = _keep_rows(
+                self.hidden, self.rows, has_words, batch.n_spans
             )
-            if layer_logits is not None:
-                layer_logits = layer_logits.index_put(
-                    (torch.full_like(active_words, layer_index), active_words), logits
+        self.running = self.hidden.shape[0] > 0
+
+    def piece_masks(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """([R, T'] real pieces, [R, T'] pieces computed at the next layer)."""
+        batch, rows, length = self.batch, self.rows, self.hidden.shape[1]
+        real = self.real_all.index_select(0, rows)[:, :length]
+        piece_word = batch.piece_word.index_select(0, rows)[:, :length]
+        active_pieces = real & ((piece_word < 0) | self.word_active[piece_word.clamp(min=0)])
+        span_running = torch.zeros(batch.n_spans, dtype=torch.bool, device=rows.device)
+        span_running[batch.word_span[self.word_active]] = True
+        active_pieces &= span_running.index_select(0, rows)[:, None]
+        return real, active_pieces
+
+    def after_layer(self, layer_index: int, hidden: torch.Tensor) -> None:
+        """Take a layer's states [R, T', d]: off-ramp, exits, drop finished rows."""
+        batch, encoder = self.batch, self.encoder
+        self.hidden = hidden
+        if self.hidden_states is not None:
+            self.hidden_states.append(hidden)
+        active_words = self.word_active.nonzero().squeeze(1)
+        length = hidden.shape[1]
+        flat_piece = self.row_of_span[batch.word_span[active_words]] * length + batch.word_piece[active_words]
+        logits = encoder.offramps[layer_index](
+            hidden.reshape(-1, encoder.hidden_size).index_select(0, flat_piece)
+        )
+        if self.layer_logits is not None:
+            self.layer_logits = self.layer_logits.index_put(
+                (torch.full_like(active_words, layer_index), active_words), logits
+            )
+            self.layer_active[layer_index, active_words] = True
+        self.exit_logits = self.exit_logits.index_put((active_words,), logits)
+        self.labels[active_words] = logits.argmax(dim=-1)
+        if layer_index == encoder.n_layers - 1:
+            self.running = False
+            return
+        exiting = _exits(
+            self.mode, self.settings, self.thresholds[layer_index], layer_index, batch,
+            logits, active_words, self.word_active, self.uncertainty, self.word_grid,
+            self.forced_exit_layer,
+        )
+        if bool(exiting.any()):
+            self.exit_layer[exiting] = layer_index + 1
+            self.word_active &= ~exiting
+            still = torch.zeros(batch.n_spans, dtype=torch.bool, device=hidden.device)
+            still[batch.word_span[self.word_active]] = True
+            if not self.keep_finished and not bool(still.index_select(0, self.rows).all()):
+                self.hidden, self.rows, self.row_of_span = _keep_rows(
+                    hidden, self.rows, still.index_select(0, self.rows), batch.n_spans,
+                    lengths=batch.lengths,
                 )
-                layer_active[layer_index, active_words] = True
-            exit_logits = exit_logits.index_put((active_words,), logits)
-            labels[active_words] = logits.argmax(dim=-1)
-            if layer_index == n_layers - 1:
-                break
+        self.running = self.hidden.shape[0] > 0
 
-            exiting = self._exits(
-                mode, settings, thresholds[layer_index], layer_index, batch,
-                logits, active_words, word_active, uncertainty, word_grid, forced_exit_layer,
-            )
-            if bool(exiting.any()):
-                exit_layer[exiting] = layer_index + 1
-                word_active &= ~exiting
-                still = torch.zeros(batch.n_spans, dtype=torch.bool, device=device)
-                still[batch.word_span[word_active]] = True
-                if not output_hidden_states and not bool(still.index_select(0, rows).all()):
-                    hidden, rows, row_of_span = self._keep_rows(
-                        hidden, rows, still.index_select(0, rows), batch.n_spans,
-                        lengths=batch.lengths,
-                    )
+    def output(self) -> EncoderOutput:
         return EncoderOutput(
-            exit_layer=exit_layer,
-            labels=labels,
-            exit_logits=exit_logits,
-            layer_logits=layer_logits,
-            layer_active=layer_active,
-            hidden_states=hidden_states,
+            exit_layer=self.exit_layer,
+            labels=self.labels,
+            exit_logits=self.exit_logits,
+            layer_logits=self.layer_logits,
+            layer_active=self.layer_active,
+            hidden_states=self.hidden_states,
         )
 
-    @staticmethod
-    def _keep_rows(hidden, rows, keep, n_spans, lengths=None):
-        """Drop finished rows from the batch (and trailing padding with them).
 
-        hidden: [R, T, d]; rows: [R] original span of each row; keep: [R] bool,
-        or [n_spans] bool indexed by original span on the first call.
-        """
-        if keep.shape[0] != rows.shape[0]:
-            keep = keep.index_select(0, rows)
-        rows = rows[keep]
-        hidden = hidden[keep]
-        if lengths is not None and rows.numel():
-            hidden = hidden[:, : int(lengths.index_select(0, rows).max())]
-        row_of_span = torch.full((n_spans,), -1, dtype=torch.long, device=hidden.device)
-        row_of_span[rows] = torch.arange(rows.numel(), device=hidden.device)
-        return hidden, rows, row_of_span
+def _keep_rows(
+    hidden: torch.Tensor,
+    rows: torch.Tensor,
+    keep: torch.Tensor,
+    n_spans: int,
+    lengths: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Drop finished rows from the batch (and trailing padding with them).
 
-    @staticmethod
-    def _exits(
-        mode, settings, threshold, layer_index, batch, logits, active_words,
-        word_active, uncertainty, word_grid, forced_exit_layer,
-    ) -> torch.Tensor:
-        """[W] bool: the active words that exit after this layer."""
-        if mode == "off":
-            return torch.zeros_like(word_active)
-        if mode == "forced":
-            return word_active & (forced_exit_layer == layer_index + 1)
-        spans, slots = batch.word_span[active_words], batch.word_slot[active_words]
-        uncertainty[spans, slots] = normalized_entropy(logits.detach()).to(uncertainty.dtype)
-        active_grid = torch.zeros_like(word_grid)
-        active_grid[spans, slots] = True
-        if mode == "sentence":
-            span_exit = sentence_exits(uncertainty, active_grid, threshold, settings.sentence_score)
-            return word_active & span_exit[batch.word_span]
-        counted = word_grid if settings.window_includes_exited else active_grid
-        exit_grid = token_exits(uncertainty, active_grid, counted, settings.window, threshold)
-        return exit_grid[batch.word_span, batch.word_slot]
+    hidden: [R, T, d]; rows: [R] original span of each row; keep: [R] bool,
+    or [n_spans] bool indexed by original span on the first call.
+    Returns (hidden [R', T', d], rows [R'], row_of_span [n_spans], -1 for dropped spans).
+    """
+    if keep.shape[0] != rows.shape[0]:
+        keep = keep.index_select(0, rows)
+    rows = rows[keep]
+    hidden = hidden[keep]
+    if lengths is not None and rows.numel():
+        hidden = hidden[:, : int(lengths.index_select(0, rows).max())]
+    row_of_span = torch.full((n_spans,), -1, dtype=torch.long, device=hidden.device)
+    row_of_span[rows] = torch.arange(rows.numel(), device=hidden.device)
+    return hidden, rows, row_of_span
+
+
+def _exits(
+    mode: str,
+    settings: ExitSettings,
+    threshold: float,
+    layer_index: int,
+    batch: EncoderBatch,
+    logits: torch.Tensor,
+    active_words: torch.Tensor,
+    word_active: torch.Tensor,
+    uncertainty: torch.Tensor,
+    word_grid: torch.Tensor,
+    forced_exit_layer: Optional[torch.Tensor],
+) -> torch.Tensor:
+    """[W] bool: the active words that exit after this layer.
+
+    logits: [A, C] of the A active words (active_words: [A] long);
+    uncertainty: [S, slots] float, updated in place for the active words;
+    word_grid: [S, slots] bool, real word slots.
+    """
+    if mode == "off":
+        return torch.zeros_like(word_active)
+    if mode == "forced":
+        return word_active & (forced_exit_layer == layer_index + 1)
+    spans, slots = batch.word_span[active_words], batch.word_slot[active_words]
+    uncertainty[spans, slots] = normalized_entropy(logits.detach()).to(uncertainty.dtype)
+    active_grid = torch.zeros_like(word_grid)
+    active_grid[spans, slots] = True
+    if mode == "sentence":
+        span_exit = sentence_exits(uncertainty, active_grid, threshold, settings.sentence_score)
+        return word_active & span_exit[batch.word_span]
+    counted = word_grid if settings.window_includes_exited else active_grid
+    exit_grid = token_exits(uncertainty, active_grid, counted, settings.window, threshold)
+    return exit_grid[batch.word_span, batch.word_slot]
