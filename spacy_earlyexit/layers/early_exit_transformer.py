@@ -269,9 +269,8 @@ def _to_tokens(docs, doc_pieces: DocPieces, word_label, word_exit, encoder):
     span_costs, span_full = spans_cost(encoder.shape, word_pieces, word_offsets, other, word_exit)
     doc_cost = numpy.bincount(span_doc, weights=span_costs, minlength=len(docs))
     doc_full = numpy.bincount(span_doc, weights=span_full, minlength=len(docs))
-    lengths = numpy.asarray([len(source) for source in doc_pieces.token_source], dtype="int64")
-    source = (numpy.concatenate(doc_pieces.token_source) if len(docs)
-              else numpy.zeros((0, 2), dtype="int64"))
+    lengths = numpy.diff(doc_pieces.token_offsets)
+    source = doc_pieces.token_sources
     own = source[:, 0] >= 0
     word = numpy.where(own, word_offsets[numpy.maximum(source[:, 0], 0)] + source[:, 1], -1)
     lenders = lender_index_segments(own, lengths)  # position within the doc, or -1

@@ -82,8 +82,10 @@ class DocPieces:
     word_offsets: [S + 1]; word_token: [W] doc token index of each word;
     word_piece: [W] position (within its span) of the word's first piece;
     word_n_pieces: [W] pieces owned by each word.
-    token_source: per doc, [n_tokens, 2] int: (span, word slot) giving each
-        token's output, or (-1, -1) for a token with no word piece of its own.
+    token_sources: [N, 2] int over the N tokens of all docs, one doc after
+        another: (span, word slot) giving each token's output, or (-1, -1)
+        for a token with no word piece of its own.
+    token_offsets: [D + 1] where each doc's tokens start in token_sources.
     """
 
     span_doc: numpy.ndarray
@@ -96,7 +98,8 @@ class DocPieces:
     word_token: numpy.ndarray
     word_piece: numpy.ndarray
     word_n_pieces: numpy.ndarray
-    token_source: List[numpy.ndarray]
+    token_sources: numpy.ndarray
+    token_offsets: numpy.ndarray
 
     @property
     def n_spans(self) -> int:
@@ -105,6 +108,11 @@ class DocPieces:
     @property
     def n_words(self) -> int:
         return len(self.word_token)
+
+    @property
+    def token_source(self) -> List[numpy.ndarray]:
+        """token_sources split by doc: per doc, [n_tokens, 2]."""
+        return numpy.split(self.token_sources, self.token_offsets[1:-1]) if len(self.token_offsets) > 1 else []
 
     @property
     def span_lengths(self) -> numpy.ndarray:
@@ -327,21 +335,22 @@ def _align(
         word_token=word_token,
         word_piece=word_piece,
         word_n_pieces=owned_counts.astype("int64"),
-        token_source=[],
+        token_sources=numpy.zeros((0, 2), dtype="int64"),
+        token_offsets=_offsets(numpy.asarray([len(doc) for doc in docs], dtype="int64")),
     )
-    pieces.token_source = _token_sources(docs, pieces, word_span)
+    pieces.token_sources = _token_sources(pieces, word_span)
     return pieces
 
 
-def _token_sources(docs: Sequence[Doc], pieces: DocPieces, word_span: numpy.ndarray) -> List[numpy.ndarray]:
-    """For each token, the (span, slot) where it has the most context: the
-    span in which it is farthest from an edge, the first such span on ties.
+def _token_sources(pieces: DocPieces, word_span: numpy.ndarray) -> numpy.ndarray:
+    """For each token of all docs (pieces.token_offsets), the (span, slot)
+    where it has the most context: the span in which it is farthest from an
+    edge, the first such span on ties. Returns [N, 2].
 
     word_span: [W] the span of each word.
     """
-    lengths = numpy.asarray([len(doc) for doc in docs], dtype="int64")
-    doc_offsets = _offsets(lengths)
-    sources = numpy.full((int(lengths.sum()), 2), -1, dtype="int64")
+    doc_offsets = pieces.token_offsets
+    sources = numpy.full((int(doc_offsets[-1]), 2), -1, dtype="int64")
     if pieces.n_words:
         tokens = pieces.word_token
         room = numpy.minimum(tokens - pieces.span_start[word_span], pieces.span_end[word_span] - 1 - tokens)
@@ -352,7 +361,9 @@ def _token_sources(docs: Sequence[Doc], pieces: DocPieces, word_span: numpy.ndar
         chosen = order[first]
         sources[key[chosen], 0] = word_span[chosen]
         sources[key[chosen], 1] = chosen - pieces.word_offsets[word_span[chosen]]
-    return numpy.split(sources, doc_offsets[1:-1]) if len(docs) else []
+    return sources
+
+
 def lender_index(has_value: numpy.ndarray) -> numpy.ndarray:
     """For tokens without an output of their own, the nearest preceding token
     that has one (else the nearest following one).

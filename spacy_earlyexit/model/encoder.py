@@ -255,13 +255,13 @@ class _BatchRun:
             torch.zeros(n_layers, n_words, dtype=torch.bool, device=device) if return_layer_logits else None
         )
         self.hidden_states = [self.hidden] if output_hidden_states else None
-        self.running = True
-        # spans without words have nothing to compute
-        has_words = torch.zeros(batch.n_spans, dtype=torch.bool, device=device)
-        has_words[batch.word_span] = True
-        if not bool(has_words.all()) and not output_hidden_states:
+        # [S] bool: spans with an active word (at first: spans with a word;
+        # spans without words have nothing to compute)
+        self.span_running = torch.zeros(batch.n_spans, dtype=torch.bool, device=device)
+        self.span_running[batch.word_span] = True
+        if not bool(self.span_running.all()) and not output_hidden_states:
             self.hidden, self.rows, self.row_of_span = _keep_rows(
-                self.hidden, self.rows, has_words, batch.n_spans
+                self.hidden, self.rows, self.span_running, batch.n_spans
             )
         self.running = self.hidden.shape[0] > 0
 
@@ -271,9 +271,7 @@ class _BatchRun:
         real = self.real_all.index_select(0, rows)[:, :length]
         piece_word = batch.piece_word.index_select(0, rows)[:, :length]
         active_pieces = real & ((piece_word < 0) | self.word_active[piece_word.clamp(min=0)])
-        span_running = torch.zeros(batch.n_spans, dtype=torch.bool, device=rows.device)
-        span_running[batch.word_span[self.word_active]] = True
-        active_pieces &= span_running.index_select(0, rows)[:, None]
+        active_pieces &= self.span_running.index_select(0, rows)[:, None]
         return real, active_pieces
 
     def after_layer(self, layer_index: int, hidden: torch.Tensor) -> None:
@@ -306,12 +304,12 @@ class _BatchRun:
         if bool(exiting.any()):
             self.exit_layer[exiting] = layer_index + 1
             self.word_active &= ~exiting
-            still = torch.zeros(batch.n_spans, dtype=torch.bool, device=hidden.device)
-            still[batch.word_span[self.word_active]] = True
-            if not self.keep_finished and not bool(still.index_select(0, self.rows).all()):
+            self.span_running = torch.zeros(batch.n_spans, dtype=torch.bool, device=hidden.device)
+            self.span_running[batch.word_span[self.word_active]] = True
+            still = self.span_running.index_select(0, self.rows)
+            if not self.keep_finished and not bool(still.all()):
                 self.hidden, self.rows, self.row_of_span = _keep_rows(
-                    hidden, self.rows, still.index_select(0, self.rows), batch.n_spans,
-                    lengths=batch.lengths,
+                    hidden, self.rows, still, batch.n_spans, lengths=batch.lengths,
                 )
         self.running = self.hidden.shape[0] > 0
 
