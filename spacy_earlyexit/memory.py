@@ -11,8 +11,9 @@ tensors and heap in use stay flat; `benchmarks/soak.py` shows both: +31% over
   allocations of that many bytes or more get their own mapping, returned to
   the system when freed (glibc's M_MMAP_THRESHOLD, process-wide). Measured:
   256 KB keeps RSS flat (+1% over 20,000 docs) at about 35% fewer words/s;
-- `release_free_memory()` every RELEASE_EVERY_DOCS docs: `malloc_trim(0)`
-  gives back free pages (it frees nothing in use).
+- `release_free_memory()` every RELEASE_EVERY_DOCS docs (`count_docs`):
+  `malloc_trim(0)` gives back free pages (it frees nothing in use); every
+  page the next batches touch again then costs a page fault, so this is rare.
 
 Elsewhere than glibc both are no-ops.
 
@@ -34,8 +35,14 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-#: docs between two releases in EarlyExitTagger.pipe (0: never)
-RELEASE_EVERY_DOCS = 256
+#: docs annotated by EarlyExitTagger.pipe, over all calls in the process,
+#: between two releases (0: never). A release costs the next batches page
+#: faults for every page they touch again: done after every batch of 1,024
+#: docs it cost token mode about 3% of its words/s (sys time 13 against 8
+#: us/word, EWT dev), so it is rare: the memory a burst of docs leaves free
+#: goes back to the system within RELEASE_EVERY_DOCS docs
+RELEASE_EVERY_DOCS = 16384
+_docs_since_release = 0
 #: allocations of at least this many bytes are mapped on their own (0: glibc's
 #: default). Off by default: 256 KB keeps RSS flat but made nlp.pipe about 35%
 #: slower here (every large tensor then costs fresh page faults)
@@ -71,6 +78,20 @@ def release_free_memory() -> bool:
     if libc is None:
         return False
     libc.malloc_trim(0)
+    return True
+
+
+def count_docs(n_docs: int) -> bool:
+    """Note that n_docs more docs were annotated; release free memory once
+    RELEASE_EVERY_DOCS docs have been since the last release (counted over
+    all nlp.pipe calls, so a service calling it once per request releases
+    too). Returns whether it released."""
+    global _docs_since_release
+    _docs_since_release += n_docs
+    if not RELEASE_EVERY_DOCS or _docs_since_release < RELEASE_EVERY_DOCS:
+        return False
+    _docs_since_release = 0
+    release_free_memory()
     return True
 
 

@@ -188,17 +188,13 @@ class EarlyExitTagger(TrainablePipe):
         settings = self._settings_for_call(exit_overrides)
         error_handler = self.get_error_handler()
         memory.limit_heap_blocks()  # flat RSS on long streams (memory.py)
-        since_release = 0
         for docs in minibatch(stream, size=batch_size):
             try:
                 self.set_annotations(docs, self._predict(settings, docs))
                 yield from docs
             except Exception as error:  # noqa: BLE001
                 error_handler(self.name, self, docs, error)
-            since_release += len(docs)
-            if memory.RELEASE_EVERY_DOCS and since_release >= memory.RELEASE_EVERY_DOCS:
-                memory.release_free_memory()  # keeps RSS flat on long streams (memory.py)
-                since_release = 0
+            memory.count_docs(len(docs))  # free memory back to the system now and then
 
     def predict(self, docs: Iterable[Doc]) -> TokenOutputs:
         return self._predict(self.exit_settings, list(docs))

@@ -108,11 +108,17 @@ def schedule_label(multipliers: Sequence[float]) -> str:
 
 def setting_name(setting: Mapping[str, Any]) -> str:
     """A short label such as "token t=0.2 k=1" (" m=4": threshold x4 after
-    layer 1; " m=4/16": x4 at layer 2, x16 from layer 3 on)."""
-    if setting["exit_mode"] == "off":
+    layer 1; " m=4/16": x4 at layer 2, x16 from layer 3 on).
+
+    A setting that leaves out a value (the pipeline's own is used) leaves it
+    out of the label too."""
+    mode = setting.get("exit_mode")
+    if mode == "off":
         return "off"
-    name = f"{setting['exit_mode']} t={setting['threshold']:g}"
-    if setting["exit_mode"] == "token":
+    name = mode if mode is not None else "current"
+    if "threshold" in setting:
+        name += f" t={setting['threshold']:g}"
+    if mode == "token" and "window" in setting:
         name += f" k={setting['window']}"
     multipliers = setting.get("threshold_multipliers")
     if multipliers:

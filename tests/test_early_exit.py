@@ -877,3 +877,35 @@ def test_batches_together_with_layer_logits_and_hidden_states() -> None:
         assert len(out.hidden_states) == len(single.hidden_states)
         for mine, theirs in zip(out.hidden_states, single.hidden_states):
             torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_feed_forward_in_blocks_of_rows_equals_the_layer_at_once(monkeypatch) -> None:
+    """The feed-forward block computed in blocks of rows (to bound its
+    intermediate) gives what the formula gives for all rows at once,
+    LayerNorm(x + W2 gelu(W1 x + b1) + b2), gradients too, and the encoder's
+    results do not change with the block size."""
+    from spacy_earlyexit.model import packed_layer
+
+    layer = random_bert().encoder.layer[0]
+    x = torch.randn(23, 32, requires_grad=True)
+    dense_in, dense_out, norm = layer.intermediate.dense, layer.output.dense, layer.output.LayerNorm
+    inner = torch.nn.functional.gelu(x @ dense_in.weight.T + dense_in.bias)
+    expected = torch.nn.functional.layer_norm(
+        x + inner @ dense_out.weight.T + dense_out.bias, (32,), norm.weight, norm.bias, norm.eps
+    )
+    (expected_grad,) = torch.autograd.grad(expected.sum(), x)
+    monkeypatch.setattr(packed_layer, "FFN_BLOCK_FLOATS", 5 * 64)  # blocks of 5 rows: 5 blocks
+    blocked = packed_layer.feed_forward(layer, x)
+    (blocked_grad,) = torch.autograd.grad(blocked.sum(), x)
+    torch.testing.assert_close(blocked, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(blocked_grad, expected_grad, atol=1e-5, rtol=1e-5)
+
+    encoder = shared_encoder()
+    batch = build_batch(random_spans(3, n_spans=6), seed=3)
+    settings = ExitSettings(exit_mode="token", threshold=0.5, window=1)
+    with torch.no_grad():
+        small = encoder(batch, settings, return_layer_logits=True)
+        monkeypatch.setattr(packed_layer, "FFN_BLOCK_FLOATS", 10**9)
+        whole = encoder(batch, settings, return_layer_logits=True)
+    assert small.exit_layer.tolist() == whole.exit_layer.tolist()
+    torch.testing.assert_close(small.layer_logits, whole.layer_logits, atol=1e-5, rtol=1e-5)

@@ -139,6 +139,9 @@ def test_sweep_grid_with_later_layer_factors():
     assert [setting_name(s) for s in grid[3:5]] == ["token t=0.1 k=0", "token t=0.1 k=0 m=4"]
     assert setting_name({"exit_mode": "token", "threshold": 0.2, "window": 0,
                          "threshold_multipliers": [0.5, 1.0, 2.0]}) == "token t=0.2 k=0 m=0.5,1,2"
+    # values a setting leaves to the pipeline are left out of its label
+    assert setting_name({"exit_mode": "token", "threshold": 0.05}) == "token t=0.05"
+    assert setting_name({"threshold": 0.3}) == "current t=0.3"
     rows = [{"setting": s} for s in grid]
     assert sorted(_series(rows)) == ["sentence", "sentence m=4", "token k=0", "token k=0 m=4",
                                      "token k=1", "token k=1 m=4"]

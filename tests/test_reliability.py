@@ -352,8 +352,8 @@ def test_inference_keeps_no_autograd_state(pipelines, task):
 
 
 def test_long_streams_release_free_memory_at_the_set_interval(pipelines, monkeypatch):
-    """nlp.pipe gives freed heap memory back every RELEASE_EVERY_DOCS docs
-    (memory.py) and annotates exactly as without it."""
+    """nlp.pipe gives freed heap memory back every RELEASE_EVERY_DOCS docs,
+    counted over calls (memory.py), and annotates exactly as without it."""
     from spacy_earlyexit import memory
 
     nlp = pipelines["pos"]
@@ -363,8 +363,15 @@ def test_long_streams_release_free_memory_at_the_set_interval(pipelines, monkeyp
     calls = []
     monkeypatch.setattr(memory, "release_free_memory", lambda: calls.append(1) or True)
     monkeypatch.setattr(memory, "RELEASE_EVERY_DOCS", 8)
+    monkeypatch.setattr(memory, "_docs_since_release", 0)
     assert [[t.pos_ for t in doc] for doc in nlp.pipe(texts, batch_size=4)] == expected
     assert len(calls) == 2  # after docs 8 and 16 (batches of 4)
+    # counted over calls: 7 docs are left over; of three calls of 3 docs, the
+    # first reaches 10 and releases, the other two leave 6
+    for start in (0, 3, 6):
+        assert [[t.pos_ for t in doc] for doc in nlp.pipe(texts[start:start + 3])] == expected[start:start + 3]
+    assert len(calls) == 3
+    assert memory._docs_since_release == 6
 
 
 def test_memory_measures_work_on_glibc():
