@@ -36,11 +36,13 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 #: docs annotated by EarlyExitTagger.pipe, over all calls in the process,
-#: between two releases (0: never). A release costs the next batches page
-#: faults for every page they touch again: done after every batch of 1,024
-#: docs it cost token mode about 3% of its words/s (sys time 13 against 8
-#: us/word, EWT dev), so it is rare: the memory a burst of docs leaves free
-#: goes back to the system within RELEASE_EVERY_DOCS docs
+#: between two releases (0: never). A release costs the next batch a page
+#: fault for every page it touches again. After every batch of 1,024 EWT
+#: docs (as before) that was about 105 MB handed back and faulted in again
+#: per batch (strace, token mode), sys time 13 against 8 us/word in one pair
+#: of runs; with rare releases a steady stream of one setting page-faults
+#: almost never (perf). The memory a burst of docs leaves free goes back to
+#: the system within RELEASE_EVERY_DOCS docs
 RELEASE_EVERY_DOCS = 16384
 _docs_since_release = 0
 #: allocations of at least this many bytes are mapped on their own (0: glibc's
