@@ -85,9 +85,9 @@ def release_free_memory() -> bool:
 
 def count_docs(n_docs: int) -> bool:
     """Note that n_docs more docs were annotated; release free memory once
-    RELEASE_EVERY_DOCS docs have been since the last release (counted over
-    all nlp.pipe calls, so a service calling it once per request releases
-    too). Returns whether it released."""
+    RELEASE_EVERY_DOCS docs have been annotated since the last release
+    (counted over all nlp.pipe calls, so that a service calling it once per
+    request releases too). Returns whether it released."""
     global _docs_since_release
     _docs_since_release += n_docs
     if not RELEASE_EVERY_DOCS or _docs_since_release < RELEASE_EVERY_DOCS:
