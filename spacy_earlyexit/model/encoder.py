@@ -186,9 +186,11 @@ class EarlyExitEncoder(nn.Module):
         forced_exit_layers: one [W_b] tensor per batch, or None.
         """
         settings = settings or ExitSettings()
+        thresholds = settings.layer_thresholds(self.n_layers)
         runs = [
             _BatchRun(
-                self, batch, settings, None if forced_exit_layers is None else forced_exit_layers[index],
+                self, batch, settings, thresholds,
+                None if forced_exit_layers is None else forced_exit_layers[index],
                 return_layer_logits, output_hidden_states,
             )
             for index, batch in enumerate(batches)
@@ -225,15 +227,17 @@ class _BatchRun:
         encoder: EarlyExitEncoder,
         batch: EncoderBatch,
         settings: ExitSettings,
+        thresholds: Sequence[float],
         forced_exit_layer: Optional[torch.Tensor],
         return_layer_logits: bool,
         output_hidden_states: bool,
     ) -> None:
+        """thresholds: settings.layer_thresholds, one per layer."""
         n_layers, n_words = encoder.n_layers, batch.n_words
         device = batch.input_ids.device
         self.encoder, self.batch, self.settings = encoder, batch, settings
         self.forced_exit_layer = forced_exit_layer
-        self.thresholds = settings.layer_thresholds(n_layers)
+        self.thresholds = thresholds
         self.mode = settings.exit_mode if forced_exit_layer is None else "forced"
         self.keep_finished = output_hidden_states
         self.real_all = batch.real_mask()

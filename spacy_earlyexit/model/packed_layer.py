@@ -131,7 +131,7 @@ def packed_layers_forward(
 
     hiddens: B tensors [S_b, T_b, d]; layouts: their PieceLayouts.
     The per-row work (K/V, Q, attention output, feed-forward) of neighbouring
-    batches with fewer than max_rows active pieces together is done in one
+    batches with at most max_rows active pieces together is done in one
     matrix product each (max_rows: MERGE_ROWS when None; 0 merges nothing);
     attention stays per batch. Each row's result is
     that of packed_layer_forward on its own batch.
@@ -235,8 +235,7 @@ def feed_forward(layer: nn.Module, attended: torch.Tensor) -> torch.Tensor:
     LayerNorm) on [N, d] rows, in blocks of rows (see FFN_BLOCK_FLOATS).
     Rows are independent, so the result is that of one call. Returns [N, d]."""
     n_rows = attended.shape[0]
-    width = int(getattr(layer.intermediate.dense, "out_features", 0)) or 1
-    block = max(1, FFN_BLOCK_FLOATS // width)
+    block = max(1, FFN_BLOCK_FLOATS // layer.intermediate.dense.out_features)
     if n_rows <= block:
         return layer.output(layer.intermediate(attended), attended)
     parts = attended.split(block)
