@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from spacy_earlyexit.annotate import annotate
+from spacy_earlyexit.corpus.annotate import annotate
 
 DEFAULT_CONLLU = Path(__file__).resolve().parents[2] / "shared" / "data" / "ud_en_ewt" / "en_ewt-ud-dev.conllu"
 

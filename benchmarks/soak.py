@@ -37,7 +37,7 @@ import psutil
 import spacy
 import torch
 from spacy.language import Language
-from spacy_earlyexit import memory
+from spacy_earlyexit.corpus import memory
 
 COMPONENT = "earlyexit_tagger"
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,13 +162,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     parser.add_argument("--mmap-threshold", type=int, default=None,
                         help="glibc: serve allocations of at least this many bytes with mmap, returned "
-                             "to the system when freed (spacy_earlyexit.memory.MMAP_THRESHOLD; default: "
+                             "to the system when freed (spacy_earlyexit.corpus.memory.MMAP_THRESHOLD; default: "
                              "the library's; 0: glibc's dynamic default)")
     parser.add_argument("--malloc-trim-every", type=int, default=0,
                         help="glibc: return freed memory to the system (malloc_trim) every N docs (0: never)")
     parser.add_argument("--release-every", type=int, default=None,
                         help="docs between the component's own releases of free heap memory "
-                             "(spacy_earlyexit.memory.RELEASE_EVERY_DOCS; default: the library's; 0: never)")
+                             "(spacy_earlyexit.corpus.memory.RELEASE_EVERY_DOCS; default: the library's; 0: never)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "soak"))
     args = parser.parse_args(argv)
     if args.release_every is not None:

@@ -24,7 +24,7 @@ import torch
 from spacy.tokens import Doc, DocBin
 from spacy.training import Example
 
-from spacy_earlyexit.sweep import _fresh_docs as fresh_docs, doc_slices, paired_speedup, setting_name
+from spacy_earlyexit.tuning.sweep import _fresh_docs as fresh_docs, doc_slices, paired_speedup, setting_name
 
 COMPONENT = "earlyexit_tagger"
 

@@ -5,15 +5,19 @@ Importing the package registers the `earlyexit_tagger` factory, the
 `spacy_earlyexit.scorer.v1` scorer and the token/doc extensions. spaCy finds
 all of them through entry points, so `spacy.blank(...).add_pipe(...)` works
 without importing this package.
+
+Layout: `model` (torch only), `layers` (the thinc layer), `pipeline` (the
+spaCy component), `corpus` (annotating files), `tuning` (sweep, choose),
+`workflow` (what project.yml needs), `cli` (`python -m spacy_earlyexit`).
 """
-from .extensions import register_extensions
+from .pipeline.extensions import register_extensions
 
 register_extensions()
 
-from . import architectures, callbacks, scorers  # noqa: E402,F401  (registrations)
-from . import segmentation  # noqa: E402,F401  (registers the "segment" task)
+from .pipeline import architectures, callbacks, scorers  # noqa: E402,F401  (registrations)
+from .pipeline import segmentation  # noqa: E402,F401  (registers the "segment" task)
 from .model import ExitSettings  # noqa: E402
-from .pipeline_component import EarlyExitTagger, make_earlyexit_tagger  # noqa: E402
+from .pipeline.component import EarlyExitTagger, make_earlyexit_tagger  # noqa: E402
 
 __version__ = "0.1.0"
 

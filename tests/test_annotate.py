@@ -1,4 +1,4 @@
-"""Corpus annotation (spacy_earlyexit.annotate, `python -m spacy_earlyexit
+"""Corpus annotation (spacy_earlyexit.corpus.annotate, `python -m spacy_earlyexit
 annotate`): JSONL and .spacy in and out, exit-setting overrides, bad input,
 and the Ray engine against nlp.pipe in one process."""
 import json
@@ -17,9 +17,9 @@ from spacy.language import Language
 from spacy.tokens import Doc, DocBin
 
 from conftest import NER_DATA, corpus_words, train_tiny_pipeline
-from spacy_earlyexit import memory
-from spacy_earlyexit.__main__ import main
-from spacy_earlyexit.annotate import AnnotateInputError, annotate
+from spacy_earlyexit.corpus import memory
+from spacy_earlyexit.cli import main
+from spacy_earlyexit.corpus.annotate import AnnotateInputError, annotate
 
 TAGGER = "earlyexit_tagger"
 N_LAYERS = 3  # the tiny BERT's
@@ -264,7 +264,7 @@ def ray_cluster():
 def test_ray_annotator_in_process(pipeline, ray_cluster):
     """The actor's class without an actor: the pipeline's files through the
     object store, .spacy rows in, DocBin bytes out, an override applied."""
-    from spacy_earlyexit.ray_engine import RayAnnotator, _pipeline_files
+    from spacy_earlyexit.corpus.ray_engine import RayAnnotator, _pipeline_files
 
     nlp, folder = pipeline
     annotator = RayAnnotator(ray_cluster.put(_pipeline_files(folder)), {"threshold": 1.0}, "spacy", 1)
@@ -348,7 +348,7 @@ def test_preload_jemalloc_starts_again_once(tmp_path):
     script = tmp_path / "probe.py"
     script.write_text(
         "import os, sys\n"
-        "from spacy_earlyexit import memory\n"
+        "from spacy_earlyexit.corpus import memory\n"
         "print('start', memory.allocator(), flush=True)\n"
         "memory.preload_jemalloc([sys.argv[0]])\n"
         "print('after', memory.allocator(), os.environ.get(memory.REEXEC_MARKER))\n"

@@ -466,7 +466,7 @@ def test_encoder_trains_by_default(tiny_bert):
     ],
 )
 def test_decode_biluo_repairs(classes, expected):
-    from spacy_earlyexit.tasks import decode_biluo
+    from spacy_earlyexit.pipeline.tasks import decode_biluo
 
     assert decode_biluo(classes) == expected
 
@@ -478,7 +478,7 @@ BILUO_CLASSES = ["O", None, "B-X", "I-X", "L-X", "U-X", "B-Y", "I-Y", "L-Y", "U-
 @settings(max_examples=300, deadline=None, database=None)
 @given(st.lists(st.sampled_from(BILUO_CLASSES), max_size=30))
 def test_decode_biluo_never_fails_on_any_sequence(classes):
-    from spacy_earlyexit.tasks import decode_biluo
+    from spacy_earlyexit.pipeline.tasks import decode_biluo
 
     entities = decode_biluo(classes)
     previous_end = 0
@@ -502,7 +502,7 @@ def test_decode_biluo_never_fails_on_any_sequence(classes):
 @given(st.lists(st.tuples(st.integers(1, 4), st.integers(0, 3), st.sampled_from(["X", "Y"])), max_size=8))
 def test_decode_biluo_inverts_spacy_encoding(layout):
     """Valid sequences (encoded by spaCy from random spans) decode exactly."""
-    from spacy_earlyexit.tasks import decode_biluo
+    from spacy_earlyexit.pipeline.tasks import decode_biluo
 
     words, entities, position = [], [], 0
     for gap, length, label in layout:

@@ -46,7 +46,7 @@ print(json.dumps({{
 """
     out = run_fresh(script)
     assert out["imported_before"] is False
-    assert out["class"] == "spacy_earlyexit.pipeline_component.EarlyExitTagger"
+    assert out["class"] == "spacy_earlyexit.pipeline.component.EarlyExitTagger"
     assert out["labels"] == ["ADP", "PROPN", "PUNCT", "VERB"]
     assert len(out["pos"]) == 5 and set(out["pos"]) <= {"ADP", "PROPN", "PUNCT", "VERB", "SPACE"}
     assert out["exit_layers"] == [3] * 5
@@ -73,12 +73,12 @@ print(json.dumps({
     out = run_fresh(script)
     assert out["imported_before"] is False
     assert out["found"] == {
-        "architecture": "spacy_earlyexit.architectures:EarlyExitTransformer_v1",
-        "scorer": "spacy_earlyexit.scorers:make_early_exit_scorer",
-        "misc": "spacy_earlyexit.architectures:make_self_sampling_v1",
-        "factory": "spacy_earlyexit.pipeline_component:make_earlyexit_tagger",
+        "architecture": "spacy_earlyexit.pipeline.architectures:EarlyExitTransformer_v1",
+        "scorer": "spacy_earlyexit.pipeline.scorers:make_early_exit_scorer",
+        "misc": "spacy_earlyexit.pipeline.architectures:make_self_sampling_v1",
+        "factory": "spacy_earlyexit.pipeline.component:make_earlyexit_tagger",
     }
-    assert out["scorer"] == "spacy_earlyexit.scorers:score_early_exit"
+    assert out["scorer"] == "spacy_earlyexit.pipeline.scorers:score_early_exit"
 
 
 def test_installed_entry_points_match_setup_cfg():

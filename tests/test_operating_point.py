@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from spacy_earlyexit.operating_point import (
+from spacy_earlyexit.tuning.operating_point import (
     baseline_score,
     exit_changes,
     pick_for_speedup,
@@ -124,7 +124,7 @@ def test_chosen_setting_is_written_into_the_pipeline(tiny_bert, tmp_path):
 
 
 def test_sweep_grid_with_later_layer_factors():
-    from spacy_earlyexit.sweep import _series, build_grid, setting_name
+    from spacy_earlyexit.tuning.sweep import _series, build_grid, setting_name
 
     grid = build_grid(["sentence", "token"], [0.1], [0, 1], later_factors=[1, 4], n_layers=3)
     assert grid == [
@@ -150,7 +150,7 @@ def test_sweep_grid_with_later_layer_factors():
 
 
 def test_sweep_grid_with_three_level_schedule():
-    from spacy_earlyexit.sweep import _later, build_grid, parse_later_factors, setting_name
+    from spacy_earlyexit.tuning.sweep import _later, build_grid, parse_later_factors, setting_name
 
     assert parse_later_factors("1, 4,4/16,") == [1.0, 4.0, (4.0, 16.0)]
     with pytest.raises(ValueError, match="pairs a/b"):
@@ -168,7 +168,7 @@ def test_sweep_grid_with_three_level_schedule():
 
 
 def test_paired_speedup_is_the_median_of_per_repetition_ratios():
-    from spacy_earlyexit.sweep import paired_speedup
+    from spacy_earlyexit.tuning.sweep import paired_speedup
 
     # the machine slows down in repetition 2: both runs take twice as long
     base, fast = [10.0, 20.0, 10.0], [5.0, 10.0, 4.0]
@@ -180,7 +180,7 @@ def test_paired_speedup_is_the_median_of_per_repetition_ratios():
 
 
 def test_doc_slices_cover_the_docs_in_order():
-    from spacy_earlyexit.sweep import doc_slices
+    from spacy_earlyexit.tuning.sweep import doc_slices
 
     assert doc_slices(0, 4) == []
     assert doc_slices(10, 4) == [slice(0, 4), slice(4, 8), slice(8, 10)]
@@ -197,7 +197,7 @@ def test_sweep_on_slices_scores_the_same_as_on_whole_batches(tiny_bert, tmp_path
     from spacy.training import Example
 
     from conftest import POS_DATA, train_tiny_pipeline
-    from spacy_earlyexit.sweep import run_sweep
+    from spacy_earlyexit.tuning.sweep import run_sweep
 
     nlp = train_tiny_pipeline(tiny_bert, "pos", 3)
     gold = [Example.from_dict(nlp.make_doc(text), {"pos": tags}).reference for text, tags in POS_DATA]

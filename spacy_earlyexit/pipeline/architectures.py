@@ -4,9 +4,9 @@ from typing import Any, Dict, List, Optional
 
 from spacy.util import registry
 
-from .layers.early_exit_transformer import EarlyExitTransformerModel
-from .layers.wordpieces import SpanGetter
-from .model.self_sampling import SelfSampling
+from ..layers.early_exit_transformer import EarlyExitTransformerModel
+from ..layers.wordpieces import SpanGetter
+from ..model.self_sampling import SelfSampling
 
 
 @registry.architectures("spacy_earlyexit.EarlyExitTransformer.v1")

@@ -24,12 +24,12 @@ from spacy.util import minibatch
 from spacy.vocab import Vocab
 from thinc.api import Config, Model
 
-from .layers.early_exit_transformer import EXIT_SETTINGS_ATTR, SELF_SAMPLING_ATTR, TokenOutputs
-from .layers.shim import ModelDataError
-from .layers.wordpieces import lender_index
-from .model import EXIT_SETTING_NAMES, ExitSettings
-from .model.self_sampling import SelfSampling
-from . import memory
+from ..layers.early_exit_transformer import EXIT_SETTINGS_ATTR, SELF_SAMPLING_ATTR, TokenOutputs
+from ..layers.shim import ModelDataError
+from ..layers.wordpieces import lender_index
+from ..model import EXIT_SETTING_NAMES, ExitSettings
+from ..model.self_sampling import SelfSampling
+from ..corpus import memory
 from .extensions import exit_summary, register_extensions, set_exit_layers
 from .scorers import score_early_exit
 from .tasks import get_task

@@ -6,7 +6,7 @@ and train it from scratch with the earlyexit_tagger. It is NOT pretrained:
 expect far lower scores than with `bert-base-chinese`, which the same configs
 accept as `name` unchanged.
 
-    python -m spacy_earlyexit.char_bert corpus/zh/train.spacy assets/char-bert --layers 4 --hidden 256
+    python -m spacy_earlyexit char-bert corpus/zh/train.spacy assets/char-bert --layers 4 --hidden 256
 
 The folder is saved with `save_pretrained` (BertModel + BertTokenizerFast) and
 loads as the architecture's `name`. The tokenizer keeps case
@@ -18,7 +18,6 @@ rather than one [UNK] for the whole run. Characters seen fewer than
 `min_count` times are left out (they become [UNK], still one per character
 for CJK).
 """
-import argparse
 import json
 from collections import Counter
 from pathlib import Path
@@ -121,44 +120,36 @@ def build_char_bert(
     return output
 
 
-def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m spacy_earlyexit.char_bert",
-        description="Build a random-init character BERT (not pretrained) from the characters "
-        "of .spacy corpora.",
-    )
-    parser.add_argument("corpus", nargs="+", help=".spacy file(s) whose characters make the vocabulary")
-    parser.add_argument("output_dir")
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--intermediate", type=int, default=0, help="feed-forward size (0: 4 x hidden)")
-    parser.add_argument("--max-position", type=int, default=512)
-    parser.add_argument("--dropout", type=float, default=0.1)
-    parser.add_argument("--min-count", type=int, default=1, help="leave out rarer characters ([UNK])")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    counts = corpus_characters(args.corpus)
-    vocab = char_vocab(counts, args.min_count)
+def build_char_bert_from_corpora(
+    corpora: Sequence[Union[str, Path]],
+    output_dir: Union[str, Path],
+    *,
+    layers: int = 4,
+    hidden: int = 256,
+    heads: int = 4,
+    intermediate: Optional[int] = None,
+    max_position: int = 512,
+    dropout: float = 0.1,
+    min_count: int = 1,
+    seed: int = 0,
+) -> Path:
+    """build_char_bert on the characters of `corpora` (.spacy files), with a
+    `char_bert.json` beside the weights that records how it was made."""
+    counts = corpus_characters(corpora)
+    vocab = char_vocab(counts, min_count)
     output = build_char_bert(
-        vocab, args.output_dir, n_layers=args.layers, hidden=args.hidden, heads=args.heads,
-        intermediate=args.intermediate or None, max_position=args.max_position,
-        dropout=args.dropout, seed=args.seed,
+        vocab, output_dir, n_layers=layers, hidden=hidden, heads=heads, intermediate=intermediate,
+        max_position=max_position, dropout=dropout, seed=seed,
     )
     info = {
         "pretrained": False,
-        "corpus": [str(p) for p in args.corpus],
+        "corpus": [str(p) for p in corpora],
         "characters": len(counts),
         "vocab_size": len(vocab),
-        "min_count": args.min_count,
-        "layers": args.layers,
-        "hidden": args.hidden,
-        "seed": args.seed,
+        "min_count": min_count,
+        "layers": layers,
+        "hidden": hidden,
+        "seed": seed,
     }
     (output / "char_bert.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf8")
-    print(f"{output}: random-init BERT (not pretrained), {args.layers} layers, hidden {args.hidden}, "
-          f"{len(vocab)} pieces from {len(counts)} characters of {', '.join(args.corpus)}")
-
-
-if __name__ == "__main__":
-    main()
+    return output

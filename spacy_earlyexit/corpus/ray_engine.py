@@ -1,4 +1,4 @@
-"""The Ray engine of spacy_earlyexit.annotate: Ray Data `map_batches` with a
+"""The Ray engine of spacy_earlyexit.corpus.annotate: Ray Data `map_batches` with a
 pool of actors, each loading the saved pipeline once.
 
 The driver reads the input (JSONL lines or .spacy docs, checked as in the
@@ -24,10 +24,10 @@ import torch
 from spacy.tokens import Doc
 from spacy.vocab import Vocab
 
-from .annotate import (
-    FACTORY, META_KEY, AnnotateResult, PathLike, _check_paths, _check_positive, _config_tagger_names,
-    _open_writer, _progress, component_cfg, file_format, label_attrs, read_docbin, read_jsonl,
-    serialize_batch, tagger_names, validate_overrides,
+from .formats import META_KEY, PathLike, file_format, open_writer, read_docbin, read_jsonl, serialize_batch
+from .job import (
+    FACTORY, AnnotateResult, check_paths, check_positive, component_cfg, config_tagger_names, label_attrs,
+    progress_bar, tagger_names, validate_overrides,
 )
 
 RAY_INSTALL_HINT = "the ray engine needs Ray Data: pip install spacy-earlyexit[ray]"
@@ -145,11 +145,11 @@ def annotate_ray(
 ) -> AnnotateResult:
     """Annotate on Ray with a pool of `workers` actors (arguments as in annotate())."""
     start = time.perf_counter()
-    _check_positive(batch_size=batch_size, workers=workers, threads=threads)
+    check_positive(batch_size=batch_size, workers=workers, threads=threads)
     overrides = validate_overrides(exit_overrides)
     input_path, output_path, pipeline = Path(input_path), Path(output_path), Path(pipeline)
-    _check_paths(pipeline, input_path, output_path)
-    if not _config_tagger_names(pipeline):
+    check_paths(pipeline, input_path, output_path)
+    if not config_tagger_names(pipeline):
         raise ValueError(f"{pipeline}: the pipeline has no {FACTORY} component")
     ray = _import_ray()
     started = not ray.is_initialized()
@@ -168,7 +168,7 @@ def annotate_ray(
         # smaller blocks spread the work over the pool
         refs, total = _ray_input_blocks(ray, input_path, batch_size)
         n_docs = n_tokens = 0
-        with _open_writer(output_path, ()) as writer, _progress(total, progress, f"ray x{workers}") as bar:
+        with open_writer(output_path, ()) as writer, progress_bar(total, progress, f"ray x{workers}") as bar:
             if refs:
                 dataset = ray.data.from_arrow_refs(refs)
                 dataset.context.execution_options.preserve_order = True

@@ -1,0 +1,104 @@
+"""Commands that set the dial: the sweep over exit settings, and `choose`."""
+import argparse
+import json
+from pathlib import Path
+
+from .parsing import floats, ints, words
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    import spacy
+    import torch
+
+    from ..tuning.sweep import build_grid, markdown_table, parse_later_factors, run_sweep, write_results
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.gpu_id >= 0:
+        spacy.require_gpu(args.gpu_id)
+    pipelines, paths = {}, {}
+    for item in args.model:
+        name, _, path = item.partition("=")
+        if not path:
+            raise SystemExit(f"--model takes NAME=PATH; got {item!r}")
+        pipelines[name], paths[name] = spacy.load(path), path
+    depths = {nlp.get_pipe("earlyexit_tagger").n_layers for nlp in pipelines.values()}
+    grid = build_grid(
+        words(args.modes), floats(args.thresholds), ints(args.windows),
+        later_factors=parse_later_factors(args.later_factors), n_layers=min(depths) if len(depths) == 1 else None,
+    )
+    result = run_sweep(
+        pipelines, args.dev, grid,
+        repetitions=args.repetitions, batch_size=args.batch_size, limit=args.limit,
+        slice_docs=args.slice_docs,
+        progress=not args.no_progress,
+    )
+    result["models"] = paths
+    written = write_results(result, args.output)
+    print(f"\n{result['n_docs']} docs, {result['n_words']} words, {result['repetitions']} repetitions, "
+          f"torch threads {result['torch_threads']}\n")
+    print(markdown_table(result))
+    print(f"\nwritten: {', '.join(str(p) for p in written.values())}")
+
+
+def cmd_choose(args: argparse.Namespace) -> None:
+    from ..tuning.operating_point import baseline_score, pick_for_speedup, pick_within_loss, write_operating_point
+
+    result = json.loads(Path(args.sweep).read_text(encoding="utf8"))
+    rows = result["rows"]
+    if args.max_loss is not None:
+        row = pick_within_loss(rows, args.max_loss, speedup_key=args.speedup_key, model=args.model)
+        rule = f"fastest within {args.max_loss} of the 'off' score"
+    else:
+        row = pick_for_speedup(rows, args.target_speedup, speedup_key=args.speedup_key, model=args.model)
+        rule = f"best {result['score_key']} with {args.speedup_key} >= {args.target_speedup}"
+    if row is None:
+        candidates = [r for r in rows if args.model is None or r["model"] == args.model]
+        fastest = max((r.get(args.speedup_key) or 0.0) for r in candidates)
+        raise SystemExit(f"no setting of the sweep qualifies ({rule}); the fastest reaches "
+                         f"{fastest:.2f}x. Add larger thresholds to the sweep or relax the target.")
+    output = write_operating_point(args.pipeline, row, args.output)
+    base = baseline_score(rows, args.model)
+    print(f"rule: {rule}")
+    print(f"chosen: {row['name']} ({result['score_key']} {row['score']:.4f} vs off {base:.4f}, "
+          f"FLOPs speed-up {row['flops_speedup']:.2f}x, wall speed-up "
+          f"{row.get('wall_speedup') or float('nan'):.2f}x, mean exit layer {row['exit_layer_mean']:.2f})")
+    print(f"saved {args.pipeline} with exit setting {row['setting']} -> {output}")
+    if args.record:
+        record = Path(args.record)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps({"rule": rule, "baseline_score": base, "row": row}, indent=2) + "\n")
+
+
+def add_commands(commands: "argparse._SubParsersAction") -> None:
+    sweep = commands.add_parser("sweep", help="exit mode x threshold x window on a dev set")
+    sweep.add_argument("--model", action="append", required=True, help="NAME=PIPELINE (repeatable)")
+    sweep.add_argument("--dev", required=True, help=".spacy file with gold annotation")
+    sweep.add_argument("--output", default="metrics/sweep", help="writes OUTPUT.json, .md and .png")
+    sweep.add_argument("--modes", default="sentence,token")
+    sweep.add_argument("--thresholds", default="0.05,0.1,0.2,0.3,0.4")
+    sweep.add_argument("--windows", default="0,1,2")
+    sweep.add_argument("--later-factors", default="1",
+                       help="threshold schedules: f = x f for layers 2 and up, a/b = x a at layer 2 "
+                            "and x b from layer 3 on (1: one threshold; e.g. 1,4,4/16)")
+    sweep.add_argument("--repetitions", type=int, default=3)
+    sweep.add_argument("--batch-size", type=int, default=1024)
+    sweep.add_argument("--limit", type=int, default=0, help="use only the first N dev docs (0: all)")
+    sweep.add_argument("--slice-docs", type=int, default=0,
+                       help="interleave the settings on slices of N docs (0: one batch)")
+    sweep.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    sweep.add_argument("--gpu-id", type=int, default=-1)
+    sweep.add_argument("--no-progress", action="store_true")
+    sweep.set_defaults(func=cmd_sweep)
+
+    choose = commands.add_parser("choose", help="pick an operating point and save it in a pipeline")
+    choose.add_argument("sweep", help="the sweep's JSON")
+    choose.add_argument("--pipeline", required=True)
+    choose.add_argument("--output", default=None, help="where to save (default: in place)")
+    choose.add_argument("--model", default=None, help="which of the sweep's pipelines (e.g. stage2)")
+    rule = choose.add_mutually_exclusive_group(required=True)
+    rule.add_argument("--target-speedup", type=float, help="best score with at least this speed-up")
+    rule.add_argument("--max-loss", type=float, help="fastest within this score loss (0.01 = 1 point)")
+    choose.add_argument("--speedup-key", default="flops_speedup", choices=["flops_speedup", "wall_speedup"])
+    choose.add_argument("--record", default=None, help="also write the chosen row as JSON here")
+    choose.set_defaults(func=cmd_choose)

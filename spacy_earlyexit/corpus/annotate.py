@@ -1,0 +1,134 @@
+"""Annotate a corpus with a saved pipeline, in one process or on a Ray cluster.
+
+    from spacy_earlyexit.corpus import annotate
+    annotate("training/model-best", "tweets.jsonl", "tweets.annotated.jsonl")
+    annotate("training/model-best", "big.jsonl", "big.spacy", engine="ray", workers=8,
+             exit_overrides={"threshold": 0.2})
+
+Formats, chosen by file extension:
+
+- JSONL (`.jsonl`, `.ndjson`): one JSON object per line with a "text" field;
+  its other fields are carried through as "meta". An output line holds
+  "text", "meta", "tokens" (per token: "text", "start", "end" (character
+  offsets), the label attributes of the pipeline's tasks ("tag", "pos",
+  "ent_iob", "ent_type") and "exit_layer"), "ents" ([start_char, end_char,
+  label]) and "early_exit" (doc._.early_exit).
+- `.spacy` (spaCy's DocBin, stored with user data so token._.exit_layer and
+  doc._.early_exit survive). Input docs keep their tokenization. JSONL meta
+  goes to and comes from doc.user_data["meta"].
+
+The local engine streams: it reads lines lazily and writes as it goes (a
+DocBin can be neither read nor written in parts, so `.spacy` input and output
+are held in memory in DocBin's compact form). Output is written to a
+temporary file next to OUTPUT and renamed when complete.
+
+The Ray engine (`pip install spacy-earlyexit[ray]`, see ray_engine.py) reads
+the input in the driver into Ray's object store, runs Ray Data `map_batches`
+with a pool of `workers` actors, each loading the pipeline once and annotating
+with `threads` torch threads, and writes their serialized results in input
+order.
+
+The pipeline's saved exit settings are used unless `exit_overrides` (e.g.
+{"threshold": 0.2}) are given; they go to every `earlyexit_tagger` component
+through nlp.pipe's component_cfg, for this run only.
+"""
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import spacy
+import torch
+from spacy.language import Language
+
+from .formats import PathLike, input_records, open_writer
+from .job import (
+    FACTORY, AnnotateResult, check_paths, check_positive, component_cfg, label_attrs, progress_bar,
+    tagger_names, validate_overrides,
+)
+
+ENGINES = ("local", "ray")
+
+
+def annotate(
+    pipeline: Union[PathLike, Language],
+    input_path: PathLike,
+    output_path: PathLike,
+    *,
+    engine: str = "local",
+    batch_size: int = 1024,
+    workers: int = 2,
+    threads: Optional[int] = None,
+    exit_overrides: Optional[Dict[str, Any]] = None,
+    address: Optional[str] = None,
+    ship_pipeline: Optional[bool] = None,
+    progress: bool = True,
+) -> AnnotateResult:
+    """Annotate INPUT into OUTPUT (formats by extension, see the module docstring).
+
+    pipeline: a saved pipeline folder (a loaded Language with the local engine too).
+    engine: "local" (this process) or "ray".
+    batch_size: docs per nlp.pipe batch (and per Ray batch).
+    workers: Ray actors, each loading the pipeline once (ray only).
+    threads: torch threads of the annotating process (local; default: torch's
+        setting) or of each Ray actor (default 1).
+    exit_overrides: exit settings for this run, e.g. {"exit_mode": "token",
+        "threshold": 0.2}; default: the pipeline's saved settings.
+    address: Ray cluster to connect to ("auto", "ray://host:10001"); default:
+        an already initialized Ray, else a local one with workers x threads CPUs.
+    ship_pipeline: send the pipeline's files to the actors through the object
+        store (for clusters whose nodes cannot read the folder); default: only
+        when `address` is given.
+    progress: a tqdm bar of docs on stderr.
+    """
+    if engine == "local":
+        return annotate_local(pipeline, input_path, output_path, batch_size=batch_size, threads=threads,
+                              exit_overrides=exit_overrides, progress=progress)
+    if engine == "ray":
+        if isinstance(pipeline, Language):
+            raise ValueError("the ray engine loads the pipeline in its workers: give a saved pipeline folder")
+        from .ray_engine import annotate_ray
+
+        return annotate_ray(pipeline, input_path, output_path, batch_size=batch_size, workers=workers,
+                            threads=1 if threads is None else threads, exit_overrides=exit_overrides,
+                            address=address, ship_pipeline=ship_pipeline, progress=progress)
+    raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
+
+
+
+def annotate_local(
+    pipeline: Union[PathLike, Language],
+    input_path: PathLike,
+    output_path: PathLike,
+    *,
+    batch_size: int = 1024,
+    threads: Optional[int] = None,
+    exit_overrides: Optional[Dict[str, Any]] = None,
+    progress: bool = True,
+) -> AnnotateResult:
+    """Annotate in this process with nlp.pipe (arguments as in annotate())."""
+    start = time.perf_counter()
+    check_positive(batch_size=batch_size, threads=threads)
+    overrides = validate_overrides(exit_overrides)
+    input_path, output_path = Path(input_path), Path(output_path)
+    check_paths(None if isinstance(pipeline, Language) else pipeline, input_path, output_path)
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        nlp = pipeline if isinstance(pipeline, Language) else spacy.load(pipeline)
+        names = tagger_names(nlp)
+        if not names:
+            raise ValueError(f"the pipeline has no {FACTORY} component (components: {', '.join(nlp.pipe_names)})")
+        total, records = input_records(input_path, nlp.vocab)
+        n_docs = n_tokens = 0
+        with open_writer(output_path, label_attrs(nlp)) as writer, progress_bar(total, progress, "local") as bar:
+            annotated = nlp.pipe(records, as_tuples=True, batch_size=batch_size,
+                                 component_cfg=component_cfg(names, overrides))
+            for doc, meta in annotated:
+                writer.add(doc, meta)
+                n_docs += 1
+                n_tokens += len(doc)
+                bar.update(1)
+    finally:
+        torch.set_num_threads(previous_threads)
+    return AnnotateResult("local", n_docs, n_tokens, time.perf_counter() - start, output_path)

@@ -1,0 +1,1 @@
+"""Choosing the dial: the sweep over exit settings, and the operating point."""

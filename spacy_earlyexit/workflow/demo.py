@@ -1,0 +1,32 @@
+"""The demo's last step: annotate a few tweets-like sentences and print
+their entities with the layers at which their tokens exited."""
+from typing import Optional, Sequence
+
+DEMO_TEXTS = [
+    "Just landed in New York , heading to the Empire State Building with Justin Bieber tomorrow !",
+    "Watching the Lakers game tonight with my brother in Los Angeles",
+    "Taylor Swift 's new album is out on iTunes and Spotify",
+    "Anyone going to the Apple store on Regent Street in London ?",
+    "lol this is the best day ever",
+]
+
+
+def demo_annotate(pipeline: str, texts: Optional[Sequence[str]] = None) -> None:
+    """Print, per text, its tokens with their exit layers and its entities."""
+    import spacy
+
+    nlp = spacy.load(pipeline)
+    tagger = nlp.get_pipe("earlyexit_tagger")
+    settings = tagger.exit_settings
+    print(f"pipeline {pipeline}: {tagger.n_layers} layers, saved exit setting: "
+          f"mode={settings.exit_mode} threshold={settings.threshold} window={settings.window}")
+    for doc in nlp.pipe(texts or DEMO_TEXTS):
+        summary = doc._.early_exit
+        print(f"\n{doc.text}")
+        print("  tokens/exit layer: " + " ".join(f"{t.text}/{t._.exit_layer}" for t in doc))
+        for ent in doc.ents:
+            layers = ",".join(str(t._.exit_layer) for t in ent)
+            print(f"  entity: {ent.text!r} {ent.label_} (exit layers {layers})")
+        if not doc.ents:
+            print("  entity: none")
+        print(f"  mean exit layer {summary['exit_layer_mean']:.2f}, FLOPs speed-up {summary['flops_speedup']:.2f}x")
