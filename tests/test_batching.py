@@ -87,7 +87,7 @@ def reference_lender(has_value: List[bool]) -> List[int]:
 @pytest.mark.parametrize("seed", range(20))
 def test_lender_index_per_doc_and_segmented(seed: int) -> None:
     import numpy
-    from spacy_earlyexit.layers.wordpieces import lender_index, lender_index_segments
+    from spacy_earlyexit.layers.token_mapping import lender_index, lender_index_segments
 
     rng = random.Random(seed)
     docs = [[rng.random() < rng.choice([0.0, 0.3, 0.9]) for _ in range(rng.randint(0, 7))]

@@ -341,7 +341,7 @@ def pos_tagger_for_loss(tiny_bert):
 
 @pytest.mark.parametrize("scheme", ["depth", "uniform", "last"])
 def test_loss_matches_numpy_weighted_cross_entropy(pos_tagger_for_loss, scheme):
-    from spacy_earlyexit.layers.early_exit_transformer import TokenOutputs
+    from spacy_earlyexit.layers.data_classes import TokenOutputs
 
     tagger, examples = pos_tagger_for_loss
     classes = tagger.classes

@@ -25,6 +25,7 @@ from torch import nn
 from transformers import BertConfig, BertModel
 
 from spacy_earlyexit.model import EarlyExitEncoder, EncoderBatch, ExitSettings, normalized_entropy
+from spacy_earlyexit.model.exit_policy import layer_thresholds
 
 from conftest import NER_DATA, corpus_words
 
@@ -584,10 +585,10 @@ def test_exit_settings_bounds_are_accepted() -> None:
     assert ExitSettings(threshold=0).threshold == 0.0
     assert ExitSettings(threshold=1).threshold == 1.0
     assert ExitSettings(window=0).window == 0
-    assert ExitSettings(threshold=0.5, threshold_multipliers=[0, 1, 4]).layer_thresholds(3) == [0.0, 0.5, 1.0]
-    assert ExitSettings(threshold=0.2).layer_thresholds(2) == [0.2, 0.2]
+    assert layer_thresholds(ExitSettings(threshold=0.5, threshold_multipliers=[0, 1, 4]), 3) == [0.0, 0.5, 1.0]
+    assert layer_thresholds(ExitSettings(threshold=0.2), 2) == [0.2, 0.2]
     with pytest.raises(ValueError, match="threshold_multipliers"):
-        ExitSettings(threshold_multipliers=[1.0, 1.0]).layer_thresholds(3)
+        layer_thresholds(ExitSettings(threshold_multipliers=[1.0, 1.0]), 3)
     round_trip = ExitSettings.from_dict(ExitSettings(exit_mode="token", threshold_multipliers=[1, 2]).to_dict())
     assert round_trip == ExitSettings(exit_mode="token", threshold_multipliers=(1.0, 2.0))
 

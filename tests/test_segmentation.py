@@ -419,7 +419,7 @@ def test_ner_entity_on_a_multi_character_piece(char_bert, tmp_path):
     one entity, not six."""
     from transformers import AutoTokenizer
 
-    from spacy_earlyexit.layers.early_exit_transformer import TokenOutputs
+    from spacy_earlyexit.layers.data_classes import TokenOutputs
 
     vocab_file = char_bert / "vocab.txt"
     bert = tmp_path / "bert"

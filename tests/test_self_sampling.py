@@ -22,7 +22,7 @@ from spacy.training import Example
 from transformers import BertConfig, BertModel
 
 from spacy_earlyexit.layers import early_exit_transformer
-from spacy_earlyexit.layers.early_exit_transformer import SELF_SAMPLING_ATTR
+from spacy_earlyexit.layers.early_exit_transformer import train_docs
 from spacy_earlyexit.model import EarlyExitEncoder, EncoderBatch
 from spacy_earlyexit.model.self_sampling import (
     ReferencePredictions,
@@ -301,8 +301,7 @@ def test_self_sampling_step_freezes_tokens_and_masks_the_loss(tiny_bert, monkeyp
     monkeypatch.setattr(early_exit_transformer, "sample_exit_layers", fixed_exits)
     monkeypatch.setattr(encoder, "forward", recording_forward)
     tagger.cfg["self_sampling"] = asdict(SelfSampling())
-    tagger.model.attrs[SELF_SAMPLING_ATTR] = tagger.cfg["self_sampling"]
-    outputs, backprop = tagger.model.begin_update([eg.predicted for eg in egs])
+    outputs, backprop = train_docs(tagger.model, [eg.predicted for eg in egs], SelfSampling())
     assert len(calls) == 1 and torch.equal(recorded["forced"], forced)
 
     # frozen tokens' states at upper layers are their exit-layer states
@@ -332,9 +331,8 @@ def test_threshold_one_trains_only_the_first_layer(tiny_bert) -> None:
     nlp = make_nlp(tiny_bert)
     tagger = nlp.get_pipe(PIPE)
     sampling = SelfSampling(threshold_range=(1.0, 1.0), full_depth_share=0.0, aggressive_share=0.0)
-    tagger.model.attrs[SELF_SAMPLING_ATTR] = asdict(sampling)
     egs = examples(nlp)
-    outputs, _ = tagger.model.begin_update([eg.predicted for eg in egs])
+    outputs, _ = train_docs(tagger.model, [eg.predicted for eg in egs], sampling)
     assert outputs.layer_active[0].all() and not outputs.layer_active[1:].any()
     loss, d_logits = tagger.get_loss(egs, outputs)
     expected_loss, _ = reference_loss(outputs.layer_logits, gold_classes(tagger, egs), outputs.layer_active)
@@ -386,8 +384,7 @@ def test_stage1_source_and_flooding_in_a_step(tiny_bert) -> None:
     docs = [eg.predicted for eg in egs]
     sampling = SelfSampling(uncertainty_source="stage1", flooding=1.0, threshold_range=(0.3, 0.9))
     tagger.cfg["self_sampling"] = asdict(sampling)
-    tagger.model.attrs[SELF_SAMPLING_ATTR] = tagger.cfg["self_sampling"]
-    outputs, _ = tagger.model.begin_update(docs)
+    outputs, _ = train_docs(tagger.model, docs, sampling)
     reference = tagger.model.shims[0].self_sampling_reference
     assert outputs.reference_layer_logits is not None
     # at the first step the reference is the model itself: full-depth logits
@@ -417,6 +414,6 @@ def test_stage1_source_and_flooding_in_a_step(tiny_bert) -> None:
     with torch.no_grad():
         for ramp in tagger.model.shims[0].encoder.offramps:
             ramp.linear.weight.mul_(3.0)
-    outputs2, _ = tagger.model.begin_update(docs)
+    outputs2, _ = train_docs(tagger.model, docs, sampling)
     assert tagger.model.shims[0].self_sampling_reference is reference
     assert numpy.allclose(outputs2.reference_layer_logits, full_depth, atol=1e-6)

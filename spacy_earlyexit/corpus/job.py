@@ -13,13 +13,6 @@ from ..model import ExitSettings
 from .formats import AnnotateInputError, PathLike, file_format
 
 FACTORY = "earlyexit_tagger"
-#: token label attributes written to JSONL, per task
-TASK_ATTRS: Dict[str, Tuple[str, ...]] = {
-    "ner": ("ent_iob", "ent_type"),
-    "tag": ("tag",),
-    "pos": ("pos",),
-    "segment": (),
-}
 
 
 @dataclass
@@ -39,7 +32,7 @@ def label_attrs(nlp: Language) -> Tuple[str, ...]:
     """The token attributes the pipeline's early-exit components label."""
     attrs: List[str] = []
     for name in tagger_names(nlp):
-        for attr in TASK_ATTRS.get(nlp.get_pipe(name).cfg["task"], ()):
+        for attr in nlp.get_pipe(name).task.output_attrs:
             if attr not in attrs:
                 attrs.append(attr)
     return tuple(attrs)

@@ -25,145 +25,7 @@ import torch
 from spacy.attrs import IDX, LENGTH
 from spacy.tokens import Doc, Span
 
-from ..model import EncoderBatch
-
-SpanGetter = Callable[[List[Doc]], List[List[Span]]]
-
-
-def _segment_positions(counts: numpy.ndarray) -> numpy.ndarray:
-    """[sum(counts)] position of each element within its segment:
-    counts [3, 2] -> [0, 1, 2, 0, 1]."""
-    counts = numpy.asarray(counts, dtype="int64")
-    starts = numpy.cumsum(counts) - counts
-    return numpy.arange(int(counts.sum()), dtype="int64") - numpy.repeat(starts, counts)
-
-
-def _offsets(counts: numpy.ndarray) -> numpy.ndarray:
-    """[n + 1] segment boundaries of segments of the given sizes."""
-    offsets = numpy.zeros(len(counts) + 1, dtype="int64")
-    numpy.cumsum(counts, out=offsets[1:])
-    return offsets
-
-
-@dataclass
-class SpanPieces:
-    """One tokenized span, as lists (for inspection; see DocPieces.span).
-
-    doc_index: which doc of the batch it comes from; start, end: token offsets
-    in the doc. input_ids: [T] piece ids including special pieces.
-    word_tokens: [W] doc token index of each word; word_piece: [W] its
-    representative piece; piece_word: [T] owning word slot or -1;
-    word_n_pieces: [W] pieces owned by each word.
-    """
-
-    doc_index: int
-    start: int
-    end: int
-    input_ids: List[int]
-    word_tokens: List[int]
-    word_piece: List[int]
-    piece_word: List[int]
-    word_n_pieces: List[int]
-
-
-@dataclass
-class DocPieces:
-    """A batch of docs as tokenized spans, in flat arrays.
-
-    S spans (each with at least one word), P pieces, W words; the pieces and
-    words of span s are piece_offsets[s]:piece_offsets[s + 1] and
-    word_offsets[s]:word_offsets[s + 1].
-
-    span_doc, span_start, span_end: [S] int, the doc of each span and its
-        token offsets in the doc.
-    piece_offsets: [S + 1]; input_ids: [P] piece ids, special pieces included.
-    piece_word: [P] the slot (within its span) of the word owning each piece,
-        or -1 ([CLS], [SEP], pieces no token owns).
-    word_offsets: [S + 1]; word_token: [W] doc token index of each word;
-    word_piece: [W] position (within its span) of the word's first piece;
-    word_n_pieces: [W] pieces owned by each word.
-    token_sources: [N, 2] int over the N tokens of all docs, one doc after
-        another: (span, word slot) giving each token's output, or (-1, -1)
-        for a token with no word piece of its own.
-    token_offsets: [D + 1] where each doc's tokens start in token_sources.
-    """
-
-    span_doc: numpy.ndarray
-    span_start: numpy.ndarray
-    span_end: numpy.ndarray
-    piece_offsets: numpy.ndarray
-    input_ids: numpy.ndarray
-    piece_word: numpy.ndarray
-    word_offsets: numpy.ndarray
-    word_token: numpy.ndarray
-    word_piece: numpy.ndarray
-    word_n_pieces: numpy.ndarray
-    token_sources: numpy.ndarray
-    token_offsets: numpy.ndarray
-
-    @property
-    def n_spans(self) -> int:
-        return len(self.span_doc)
-
-    @property
-    def n_words(self) -> int:
-        return len(self.word_token)
-
-    @property
-    def token_source(self) -> List[numpy.ndarray]:
-        """token_sources split by doc: per doc, [n_tokens, 2]."""
-        return numpy.split(self.token_sources, self.token_offsets[1:-1]) if len(self.token_offsets) > 1 else []
-
-    @property
-    def span_lengths(self) -> numpy.ndarray:
-        """[S] pieces of each span (special pieces included)."""
-        return numpy.diff(self.piece_offsets)
-
-    def span(self, index: int) -> SpanPieces:
-        """Span `index` as lists."""
-        pieces = slice(self.piece_offsets[index], self.piece_offsets[index + 1])
-        words = slice(self.word_offsets[index], self.word_offsets[index + 1])
-        return SpanPieces(
-            doc_index=int(self.span_doc[index]),
-            start=int(self.span_start[index]),
-            end=int(self.span_end[index]),
-            input_ids=self.input_ids[pieces].tolist(),
-            word_tokens=self.word_token[words].tolist(),
-            word_piece=self.word_piece[words].tolist(),
-            piece_word=self.piece_word[pieces].tolist(),
-            word_n_pieces=self.word_n_pieces[words].tolist(),
-        )
-
-    def words_of(self, span_indices: Sequence[int]) -> numpy.ndarray:
-        """[W'] indices of the words of the given spans, in that order."""
-        spans = numpy.asarray(span_indices, dtype="int64")
-        counts = self.word_offsets[spans + 1] - self.word_offsets[spans]
-        return numpy.repeat(self.word_offsets[spans], counts) + _segment_positions(counts)
-
-    def encoder_batch(self, span_indices: Sequence[int], pad_id: int) -> EncoderBatch:
-        """Pad the chosen spans into one EncoderBatch (tensors on the CPU)."""
-        spans = numpy.asarray(span_indices, dtype="int64")
-        lengths = self.piece_offsets[spans + 1] - self.piece_offsets[spans]
-        n_rows, length = len(spans), int(lengths.max())
-        rows = numpy.repeat(numpy.arange(n_rows), lengths)
-        columns = _segment_positions(lengths)
-        source = numpy.repeat(self.piece_offsets[spans], lengths) + columns
-        n_words = self.word_offsets[spans + 1] - self.word_offsets[spans]
-        words = self.words_of(spans)
-        first_word = numpy.cumsum(n_words) - n_words  # of each row, in the batch
-        owners = self.piece_word[source]
-        input_ids = numpy.full((n_rows, length), pad_id, dtype="int64")
-        input_ids[rows, columns] = self.input_ids[source]
-        piece_word = numpy.full((n_rows, length), -1, dtype="int64")
-        piece_word[rows, columns] = numpy.where(owners >= 0, owners + first_word[rows], -1)
-        return EncoderBatch(
-            input_ids=torch.from_numpy(input_ids),
-            lengths=torch.from_numpy(lengths),
-            word_span=torch.from_numpy(numpy.repeat(numpy.arange(n_rows), n_words)),
-            word_slot=torch.from_numpy(_segment_positions(n_words)),
-            word_piece=torch.from_numpy(self.word_piece[words]),
-            piece_word=torch.from_numpy(piece_word),
-        )
+from .data_classes import DocPieces, SpanGetter, segment_offsets, segment_positions
 
 
 def max_pieces_of(tokenizer, config) -> int:
@@ -272,11 +134,11 @@ def _align(
         if n_spans else numpy.zeros((0, 2), dtype="int64")
     )
     token_span = numpy.repeat(numpy.arange(n_spans), n_tokens)
-    token_offsets = _offsets(n_tokens)
+    token_offsets = segment_offsets(n_tokens)
     span_char = token_chars[token_offsets[:-1], 0] if n_spans else numpy.zeros(0, dtype="int64")
     last = token_offsets[1:] - 1
     text_length = token_chars[last, 0] + token_chars[last, 1] - span_char if n_spans else span_char
-    char_base = _offsets(text_length + 1)[:-1]  # where each span's characters start, end to end
+    char_base = segment_offsets(text_length + 1)[:-1]  # where each span's characters start, end to end
     token_first = char_base[token_span] + token_chars[:, 0] - span_char[token_span]
     token_last = token_first + token_chars[:, 1]  # inclusive: the character after the token
 
@@ -285,7 +147,7 @@ def _align(
     low = numpy.maximum(piece_chars[:, 0], 0)
     high = numpy.minimum(piece_chars[:, 1], text_length[piece_span] + 1)
     n_chars = numpy.maximum(high - low, 0)
-    chars = numpy.repeat(char_base[piece_span] + low, n_chars) + _segment_positions(n_chars)
+    chars = numpy.repeat(char_base[piece_span] + low, n_chars) + segment_positions(n_chars)
     char_token = numpy.searchsorted(token_first, chars, side="right") - 1
     reaches = token_last[numpy.maximum(char_token, 0)] >= chars
     none = len(token_first)  # larger than every token index
@@ -308,8 +170,8 @@ def _align(
     word_of_token = numpy.cumsum(is_word) - 1
     word_span = token_span[owner_tokens]
     words_per_span = numpy.bincount(word_span, minlength=n_spans)
-    word_offsets = _offsets(words_per_span)
-    piece_offsets = _offsets(n_pieces)
+    word_offsets = segment_offsets(words_per_span)
+    piece_offsets = segment_offsets(n_pieces)
     word_token = span_start[word_span] + (owner_tokens - token_offsets[word_span])
     word_piece = piece_index[first_piece] - piece_offsets[word_span]
     piece_word = numpy.full(len(input_ids), -1, dtype="int64")
@@ -320,8 +182,8 @@ def _align(
     if not bool(keep.all()):
         keep_piece = keep[piece_span]
         input_ids, piece_word = input_ids[keep_piece], piece_word[keep_piece]
-        piece_offsets = _offsets(n_pieces[keep])
-        word_offsets = _offsets(words_per_span[keep])
+        piece_offsets = segment_offsets(n_pieces[keep])
+        word_offsets = segment_offsets(words_per_span[keep])
         span_doc, span_start, span_end = span_doc[keep], span_start[keep], span_end[keep]
         word_span = numpy.cumsum(keep)[word_span] - 1
     pieces = DocPieces(
@@ -336,7 +198,7 @@ def _align(
         word_piece=word_piece,
         word_n_pieces=owned_counts.astype("int64"),
         token_sources=numpy.zeros((0, 2), dtype="int64"),
-        token_offsets=_offsets(numpy.asarray([len(doc) for doc in docs], dtype="int64")),
+        token_offsets=segment_offsets(numpy.asarray([len(doc) for doc in docs], dtype="int64")),
     )
     pieces.token_sources = _token_sources(pieces, word_span)
     return pieces
@@ -362,35 +224,3 @@ def _token_sources(pieces: DocPieces, word_span: numpy.ndarray) -> numpy.ndarray
         sources[key[chosen], 0] = word_span[chosen]
         sources[key[chosen], 1] = chosen - pieces.word_offsets[word_span[chosen]]
     return sources
-
-
-def lender_index(has_value: numpy.ndarray) -> numpy.ndarray:
-    """For tokens without an output of their own, the nearest preceding token
-    that has one (else the nearest following one).
-
-    has_value: [n_tokens] bool. Returns [n_tokens] int: the token each token
-    takes its output from (itself where it has one; -1 if no token has one).
-    """
-    return lender_index_segments(numpy.asarray(has_value, dtype=bool), [len(has_value)])
-
-
-def lender_index_segments(has_value: numpy.ndarray, lengths: numpy.ndarray) -> numpy.ndarray:
-    """lender_index for many docs at once, never lending across a doc.
-
-    has_value: [N] bool, the tokens of D docs one after another; lengths: [D]
-    tokens per doc (sum N). Returns [N] int: per token, the position within
-    its own doc of the token it takes its output from, or -1.
-    """
-    n = len(has_value)
-    lengths = numpy.asarray(lengths, dtype="int64")
-    if n == 0:
-        return numpy.zeros(0, dtype="int64")
-    ends = numpy.cumsum(lengths)
-    starts = ends - lengths
-    doc_of = numpy.repeat(numpy.arange(len(lengths)), lengths)
-    start, end = starts[doc_of], ends[doc_of]
-    positions = numpy.arange(n)
-    previous = numpy.maximum.accumulate(numpy.where(has_value, positions, -1))
-    following = numpy.minimum.accumulate(numpy.where(has_value, positions, n)[::-1])[::-1]
-    chosen = numpy.where(previous >= start, previous, numpy.where(following < end, following, -1))
-    return numpy.where(chosen >= 0, chosen - start, -1)

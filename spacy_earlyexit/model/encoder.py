@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .cost_model import EncoderShape
-from .exit_policy import sentence_exits, token_exits
+from .exit_policy import ExitRule, ForcedExit, exit_rule
 from .exit_settings import ExitSettings
 from .packed_layer import PieceLayout, is_packable, masked_layer_forward, packed_layers_forward
 from .uncertainty import normalized_entropy
@@ -185,11 +185,10 @@ class EarlyExitEncoder(nn.Module):
         after most words have exited. Each batch's output is forward()'s.
         forced_exit_layers: one [W_b] tensor per batch, or None.
         """
-        settings = settings or ExitSettings()
-        thresholds = settings.layer_thresholds(self.n_layers)
+        rule = exit_rule(settings or ExitSettings(), self.n_layers)
         runs = [
             _BatchRun(
-                self, batch, settings, thresholds,
+                self, batch, rule,
                 None if forced_exit_layers is None else forced_exit_layers[index],
                 return_layer_logits, output_hidden_states,
             )
@@ -226,19 +225,16 @@ class _BatchRun:
         self,
         encoder: EarlyExitEncoder,
         batch: EncoderBatch,
-        settings: ExitSettings,
-        thresholds: Sequence[float],
+        rule: ExitRule,
         forced_exit_layer: Optional[torch.Tensor],
         return_layer_logits: bool,
         output_hidden_states: bool,
     ) -> None:
-        """thresholds: settings.layer_thresholds, one per layer."""
+        """rule: the exit rule of the call; forced_exit_layer: [W] long,
+        1-based, replaces it for this batch (self-sampling)."""
         n_layers, n_words = encoder.n_layers, batch.n_words
         device = batch.input_ids.device
-        self.encoder, self.batch, self.settings = encoder, batch, settings
-        self.forced_exit_layer = forced_exit_layer
-        self.thresholds = thresholds
-        self.mode = settings.exit_mode if forced_exit_layer is None else "forced"
+        self.encoder, self.batch = encoder, batch
         self.keep_finished = output_hidden_states
         self.real_all = batch.real_mask()
         self.hidden = encoder.embed(batch.input_ids)
@@ -252,6 +248,11 @@ class _BatchRun:
         self.uncertainty = self.hidden.new_zeros(batch.n_spans, n_slots)
         self.word_grid = torch.zeros(batch.n_spans, n_slots, dtype=torch.bool, device=device)
         self.word_grid[batch.word_span, batch.word_slot] = True
+        if forced_exit_layer is not None:
+            forced_grid = torch.zeros(self.word_grid.shape, dtype=torch.long, device=device)
+            forced_grid[batch.word_span, batch.word_slot] = forced_exit_layer
+            rule = ForcedExit(forced_grid)
+        self.rule = rule
         self.layer_logits = (
             self.hidden.new_zeros(n_layers, n_words, encoder.n_classes) if return_layer_logits else None
         )
@@ -300,11 +301,7 @@ class _BatchRun:
         if layer_index == encoder.n_layers - 1:
             self.running = False
             return
-        exiting = _exits(
-            self.mode, self.settings, self.thresholds[layer_index], layer_index, batch,
-            logits, active_words, self.word_active, self.uncertainty, self.word_grid,
-            self.forced_exit_layer,
-        )
+        exiting = self._exits(layer_index, logits, active_words)
         if bool(exiting.any()):
             self.exit_layer[exiting] = layer_index + 1
             self.word_active &= ~exiting
@@ -316,6 +313,24 @@ class _BatchRun:
                     hidden, self.rows, still, batch.n_spans, lengths=batch.lengths,
                 )
         self.running = self.hidden.shape[0] > 0
+
+    def _exits(self, layer_index: int, logits: torch.Tensor, active_words: torch.Tensor) -> torch.Tensor:
+        """[W] bool: the active words that exit after this layer (the rule's
+        decision on the word grid).
+
+        logits: [A, C] of the A active words (active_words: [A] long); the
+        uncertainty grid [S, slots] is updated for them first.
+        """
+        if self.rule.never_exits:
+            return torch.zeros_like(self.word_active)
+        batch = self.batch
+        spans, slots = batch.word_span[active_words], batch.word_slot[active_words]
+        if self.rule.needs_uncertainty:
+            self.uncertainty[spans, slots] = normalized_entropy(logits.detach()).to(self.uncertainty.dtype)
+        active_grid = torch.zeros_like(self.word_grid)
+        active_grid[spans, slots] = True
+        exit_grid = self.rule.exits(layer_index, self.uncertainty, active_grid, self.word_grid)
+        return exit_grid[batch.word_span, batch.word_slot]
 
     def output(self) -> EncoderOutput:
         return EncoderOutput(
@@ -350,38 +365,3 @@ def _keep_rows(
     row_of_span = torch.full((n_spans,), -1, dtype=torch.long, device=hidden.device)
     row_of_span[rows] = torch.arange(rows.numel(), device=hidden.device)
     return hidden, rows, row_of_span
-
-
-def _exits(
-    mode: str,
-    settings: ExitSettings,
-    threshold: float,
-    layer_index: int,
-    batch: EncoderBatch,
-    logits: torch.Tensor,
-    active_words: torch.Tensor,
-    word_active: torch.Tensor,
-    uncertainty: torch.Tensor,
-    word_grid: torch.Tensor,
-    forced_exit_layer: Optional[torch.Tensor],
-) -> torch.Tensor:
-    """[W] bool: the active words that exit after this layer.
-
-    logits: [A, C] of the A active words (active_words: [A] long);
-    uncertainty: [S, slots] float, updated in place for the active words;
-    word_grid: [S, slots] bool, real word slots.
-    """
-    if mode == "off":
-        return torch.zeros_like(word_active)
-    if mode == "forced":
-        return word_active & (forced_exit_layer == layer_index + 1)
-    spans, slots = batch.word_span[active_words], batch.word_slot[active_words]
-    uncertainty[spans, slots] = normalized_entropy(logits.detach()).to(uncertainty.dtype)
-    active_grid = torch.zeros_like(word_grid)
-    active_grid[spans, slots] = True
-    if mode == "sentence":
-        span_exit = sentence_exits(uncertainty, active_grid, threshold, settings.sentence_score)
-        return word_active & span_exit[batch.word_span]
-    counted = word_grid if settings.window_includes_exited else active_grid
-    exit_grid = token_exits(uncertainty, active_grid, counted, settings.window, threshold)
-    return exit_grid[batch.word_span, batch.word_slot]

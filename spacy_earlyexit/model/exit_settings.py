@@ -5,7 +5,7 @@ construction, and know nothing of spaCy.
 """
 import math
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 EXIT_MODES: Tuple[str, ...] = ("off", "sentence", "token")
 SENTENCE_SCORES: Tuple[str, ...] = ("max", "mean")
@@ -73,17 +73,6 @@ class ExitSettings:
                     f"(one per encoder layer); got {self.threshold_multipliers!r}"
                 )
             object.__setattr__(self, "threshold_multipliers", tuple(float(m) for m in multipliers))
-
-    def layer_thresholds(self, n_layers: int) -> List[float]:
-        """The threshold used at each of the encoder's `n_layers` layers."""
-        if self.threshold_multipliers is None:
-            return [self.threshold] * n_layers
-        if len(self.threshold_multipliers) != n_layers:
-            raise ValueError(
-                f"threshold_multipliers has {len(self.threshold_multipliers)} entries but "
-                f"the encoder has {n_layers} layers"
-            )
-        return [min(1.0, self.threshold * m) for m in self.threshold_multipliers]
 
     def updated(self, **changes: Any) -> "ExitSettings":
         """A validated copy with some settings changed; unknown names raise."""

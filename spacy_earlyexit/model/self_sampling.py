@@ -20,7 +20,7 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from .encoder import EarlyExitEncoder, EncoderBatch
-from .exit_policy import window_max
+from .exit_policy import TokenExit
 from .uncertainty import normalized_entropy
 
 
@@ -109,24 +109,19 @@ def simulate_token_exits(
     thresholds: torch.Tensor,
     window_includes_exited: bool = False,
 ) -> torch.Tensor:
-    """TOKEE on precomputed per-layer uncertainties, each span with its own setting.
+    """TOKEE (the inference rule, exit_policy.TokenExit) on precomputed
+    per-layer uncertainties, each span with its own window and threshold.
 
     uncertainty: [L, S, W] float; words: [S, W] bool (real word slots);
     windows: [S] long; thresholds: [S] float.
     Returns [S, W] long: 1-based exit layer (L for words that never exit).
     """
     n_layers = uncertainty.shape[0]
+    rule = TokenExit([thresholds[:, None]] * n_layers, windows, window_includes_exited)
     exit_layer = torch.full(words.shape, n_layers, dtype=torch.long)
     active = words.clone()
-    threshold_col = thresholds[:, None]
     for layer_index in range(n_layers - 1):
-        counted = words if window_includes_exited else active
-        scores = uncertainty[layer_index].masked_fill(~counted, float("-inf"))
-        window_scores = torch.empty_like(scores)
-        for window in windows.unique().tolist():
-            rows = windows == window
-            window_scores[rows] = window_max(scores[rows], int(window))
-        exiting = active & ((window_scores < threshold_col) | (threshold_col >= 1.0))
+        exiting = rule.exits(layer_index, uncertainty[layer_index], active, words)
         exit_layer[exiting] = layer_index + 1
         active &= ~exiting
     return exit_layer

@@ -13,7 +13,7 @@ from spacy.language import Language
 from spacy.util import registry
 
 from .architectures import make_self_sampling_v2
-from .component import layer_loss_weights
+from .loss import layer_loss_weights
 
 BeforeUpdate = Callable[[Language, Dict[str, Any]], None]
 

@@ -142,6 +142,7 @@ class SegmentTask(Task):
     module docstring for units, whitespace and overwrite)."""
 
     name = "segment"
+    needs_labels = False
     score_keys = ("token_f", "token_p", "token_r")
     # whitespace tokens get no class: decode_bmes keeps them as they are
     whitespace_class = None

@@ -1,29 +1,38 @@
 """Tasks: how gold annotation becomes per-token classes and predictions become
 annotation. A task knows nothing of the model; the component picks one by name.
 
-Every task maps a doc to one class per token, so that adding a task (Chinese
-word segmentation, say) touches only this registry.
+Every task maps a doc to one class per token, and says everything the rest
+of the package needs to know about it (its classes, scores, the token
+attributes it writes, its error messages), so that adding a task (Chinese
+word segmentation, say) touches only the registry: `register_task` in the
+task's own module, or the entry point group `spacy_earlyexit_tasks` for a
+task defined in another package.
 """
+import warnings
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
+import numpy
 from spacy.parts_of_speech import IDS as POS_IDS
 from spacy.scorer import Scorer, get_ner_prf
 from spacy.tokens import Doc, Span
 from spacy.training import Example
+import catalogue
 
-TASKS: Dict[str, "Task"] = {}
+#: the task registry (catalogue, with entry points `spacy_earlyexit_tasks`)
+TASKS = catalogue.create("spacy_earlyexit", "tasks", entry_points=True)
 
 
 def register_task(task: "Task") -> "Task":
     """Make a task available under task.name (used by the factory's `task`)."""
-    TASKS[task.name] = task
+    TASKS.register(task.name, func=task)
     return task
 
 
 def get_task(name: str) -> "Task":
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; choose one of: {', '.join(sorted(TASKS))}")
-    return TASKS[name]
+    known = TASKS.get_all()
+    if name not in known:
+        raise ValueError(f"unknown task {name!r}; choose one of: {', '.join(sorted(known))}")
+    return known[name]
 
 
 class Task:
@@ -48,6 +57,10 @@ class Task:
     #: the Doc.has_annotation attribute that tells whether a reference doc
     #: carries that annotation ("": always)
     annotation_attr: str = ""
+    #: token attributes (without "_") written per token by `annotate` to JSONL
+    output_attrs: Tuple[str, ...] = ()
+    #: training needs at least one label (segmentation's classes are fixed)
+    needs_labels: bool = True
 
     def join_borrowed(self, classes: List[Optional[str]], lender: Sequence[int]) -> List[Optional[str]]:
         """Adjust the classes of tokens that copied a neighbour's class (see
@@ -85,6 +98,51 @@ class Task:
     def score(self, examples: Iterable[Example], **kwargs) -> Dict[str, object]:
         raise NotImplementedError
 
+    def missing_annotation(self, examples: Sequence[Example]) -> str:
+        """Why examples gave no labels: no annotation, or annotation without labels."""
+        if any(self.has_annotation(eg.reference) for eg in examples):
+            return f"the reference docs carry {self.annotation}, but no label (e.g. no entity at all)"
+        return f"none of the {len(examples)} reference docs has {self.annotation}"
+
+    def gold_indices(
+        self, examples: Iterable[Example], classes: Sequence[str], component: str, labels: Sequence[str]
+    ) -> numpy.ndarray:
+        """[N] the gold class index of every predicted token of the examples,
+        -1 where unknown. A gold label the component was not initialized with
+        raises ValueError (naming `component` and the known `labels`)."""
+        index = {name: i for i, name in enumerate(classes)}
+        truth: List[int] = []
+        for eg in examples:
+            for value in self.gold_classes(eg):
+                if value is None:
+                    truth.append(-1)
+                elif value in index:
+                    truth.append(index[value])
+                else:
+                    raise ValueError(
+                        f"{component}: the training data has the label {value!r}, which was not "
+                        f"seen at initialize (known: {', '.join(labels)}); "
+                        "initialize with examples that contain every label"
+                    )
+        return numpy.asarray(truth, dtype="int64")
+
+    def warn_unknown_labels(self, component: str, examples: Sequence[Example], labels: Sequence[str]) -> None:
+        """Warn about gold labels of evaluation data (e.g. spacy train's dev
+        set) that the component was not initialized with: it can never
+        predict them, so they count as errors. A warning, not an error: a
+        rare label missing from the training data should not stop training."""
+        known = set(labels) | set(self.classes(labels))
+        unknown = sorted(self.labels_from_examples(examples) - known)
+        if unknown:
+            warnings.warn(
+                f"{component}: the evaluation data has {self.name} label(s) the component "
+                f"was not trained with: {', '.join(map(repr, unknown))}. It never predicts "
+                "them, so they count as errors; add them to the training data (or with "
+                "add_label before initialize) to learn them.",
+                UserWarning,
+                stacklevel=4,
+            )
+
 
 class TokenAttributeTask(Task):
     """A label per token stored in a token attribute (tag_, pos_)."""
@@ -113,19 +171,21 @@ class TokenAttributeTask(Task):
     def score(self, examples: Iterable[Example], **kwargs) -> Dict[str, object]:
         return Scorer.score_token_attr(examples, self.attr, **kwargs)
 
+    def classes(self, labels: Sequence[str]) -> List[str]:
+        """The labels and the whitespace class."""
+        return sorted(set(labels) | {self.whitespace_class})
+
 
 class TagTask(TokenAttributeTask):
     """Fine-grained tags in token.tag_."""
 
     name = "tag"
     attr = "tag"
+    output_attrs = ("tag",)
     score_keys = ("tag_acc",)
     whitespace_class = "_SP"
     annotation = "fine-grained tags (token.tag_)"
     annotation_attr = "TAG"
-
-    def classes(self, labels: Sequence[str]) -> List[str]:
-        return sorted(set(labels) | {self.whitespace_class})
 
 
 class PosTask(TokenAttributeTask):
@@ -133,6 +193,7 @@ class PosTask(TokenAttributeTask):
 
     name = "pos"
     attr = "pos"
+    output_attrs = ("pos",)
     score_keys = ("pos_acc",)
     whitespace_class = "SPACE"
     unknown_class = "X"
@@ -147,8 +208,13 @@ class PosTask(TokenAttributeTask):
                 f"{', '.join(map(repr, invalid))}; use task 'tag' for other tag sets"
             )
 
-    def classes(self, labels: Sequence[str]) -> List[str]:
-        return sorted(set(labels) | {self.whitespace_class})
+    def missing_annotation(self, examples: Sequence[Example]) -> str:
+        reason = super().missing_annotation(examples)
+        if not any(self.has_annotation(eg.reference) for eg in examples) and any(
+            eg.reference.has_annotation("TAG") for eg in examples
+        ):
+            reason += "; they have fine-grained tags (token.tag_): use task 'tag' for those"
+        return reason
 
 
 BILUO_PREFIXES = ("B", "I", "L", "U")
@@ -197,6 +263,7 @@ class NerTask(Task):
     """Named entities in doc.ents, BILUO classes per token."""
 
     name = "ner"
+    output_attrs = ("ent_iob", "ent_type")
     score_keys = ("ents_f", "ents_p", "ents_r")
     whitespace_class = "O"
     annotation = "entity annotation (doc.ents, token.ent_iob_)"

@@ -1,0 +1,23 @@
+"""Loading a Hugging Face encoder and its fast tokenizer, offline-friendly
+and never running remote code."""
+from typing import Any, Dict
+
+
+def load_pretrained(name: str, tokenizer_config: Dict[str, Any], transformer_config: Dict[str, Any]):
+    """Load a Hugging Face encoder and its fast tokenizer (never remote code)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    for forbidden in ("trust_remote_code",):
+        if tokenizer_config.get(forbidden) or transformer_config.get(forbidden):
+            raise ValueError("spacy-earlyexit never runs remote code: remove trust_remote_code")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, use_fast=True, **tokenizer_config)
+        transformer = AutoModel.from_pretrained(name, **transformer_config)
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"could not load the transformer {name!r}: {error}\n"
+            "Give a local folder with config.json, weights and tokenizer files, or a "
+            "Hugging Face hub name; a hub name needs network access (this machine may "
+            "be offline, e.g. HF_HUB_OFFLINE=1)."
+        ) from error
+    return tokenizer, transformer
