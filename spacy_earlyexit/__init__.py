@@ -17,7 +17,8 @@ register_extensions()
 from .pipeline import architectures, callbacks, scorers  # noqa: E402,F401  (registrations)
 from .pipeline import segmentation  # noqa: E402,F401  (registers the "segment" task)
 from .model import ExitSettings  # noqa: E402
-from .pipeline.component import EarlyExitTagger, make_earlyexit_tagger  # noqa: E402
+from .pipeline.component import EarlyExitTagger  # noqa: E402
+from .pipeline.factory import make_earlyexit_tagger  # noqa: E402
 
 __version__ = "0.1.0"
 

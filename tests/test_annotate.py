@@ -19,7 +19,7 @@ from spacy.tokens import Doc, DocBin
 from conftest import NER_DATA, corpus_words, train_tiny_pipeline
 from spacy_earlyexit.corpus import memory
 from spacy_earlyexit.cli import main
-from spacy_earlyexit.corpus.annotate import AnnotateInputError, annotate
+from spacy_earlyexit.corpus import AnnotateInputError, annotate
 
 TAGGER = "earlyexit_tagger"
 N_LAYERS = 3  # the tiny BERT's

@@ -76,7 +76,7 @@ print(json.dumps({
         "architecture": "spacy_earlyexit.pipeline.architectures:EarlyExitTransformer_v1",
         "scorer": "spacy_earlyexit.pipeline.scorers:make_early_exit_scorer",
         "misc": "spacy_earlyexit.pipeline.architectures:make_self_sampling_v1",
-        "factory": "spacy_earlyexit.pipeline.component:make_earlyexit_tagger",
+        "factory": "spacy_earlyexit.pipeline.factory:make_earlyexit_tagger",
     }
     assert out["scorer"] == "spacy_earlyexit.pipeline.scorers:score_early_exit"
 

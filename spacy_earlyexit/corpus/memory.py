@@ -1,29 +1,22 @@
-"""Keep the resident memory of long inference runs flat.
+"""Resident memory of long inference runs: glibc tuning on request, jemalloc.
 
-Batches of different shapes leave freed blocks in glibc's heap: with glibc's
-default (a dynamic mmap threshold that rises to 32 MB), tensors of a few MB
-are carved out of the heap, the heap fragments and grows, and resident memory
-(RSS) creeps up over tens of thousands of docs although nothing leaks (live
-tensors and heap in use stay flat; `benchmarks/soak.py` shows both: +31% over
-50,000 docs in batches of 1,024). Two measures, applied by `EarlyExitTagger.pipe`:
+Batches of different shapes leave freed blocks in glibc's heap; its resident
+memory (RSS) can creep up over tens of thousands of docs although nothing
+leaks. The package does not tune the process's malloc by itself: a
+long-running process asks for it with `configure()`:
 
-- `limit_heap_blocks()`, once per process, if MMAP_THRESHOLD is set (opt-in):
-  allocations of that many bytes or more get their own mapping, returned to
-  the system when freed (glibc's M_MMAP_THRESHOLD, process-wide). Measured:
-  256 KB keeps RSS flat (+1% over 20,000 docs) at about 35% fewer words/s;
-- `release_free_memory()` every RELEASE_EVERY_DOCS docs (`count_docs`):
-  `malloc_trim(0)` gives back free pages (it frees nothing in use); every
-  page the next batches touch again then costs a page fault, so this is rare.
+- `release_every_docs=N`: `EarlyExitTagger.pipe` calls `malloc_trim(0)` once
+  every N docs, counted over all calls in the process (so a service calling
+  nlp.pipe per request releases too). It gives back free pages and frees
+  nothing in use, but every page the next batches touch again then costs a
+  page fault: keep N large.
+- `mmap_threshold=BYTES`: allocations of that size or more get their own
+  mapping, returned to the system when freed (glibc's M_MMAP_THRESHOLD,
+  process-wide; it costs speed).
 
-Elsewhere than glibc both are no-ops.
-
-On glibc, only the costly 256 KB threshold keeps RSS flat
-(`benchmarks/soak.py`, token mode, batches of 1,024 docs, 20,000 docs: +15%
-with the release alone; a 1 MB threshold +6% at 12% fewer words/s). jemalloc
-does, at 1-2% fewer words/s and with less RSS to begin with
-(+1.8% over 20,000 docs, 570 against 693 MB after 5,000; +3.4% over 50,000
-docs): preload it for long runs
-(`LD_PRELOAD=$(python -m spacy_earlyexit jemalloc-path)`).
+Elsewhere than glibc both are no-ops. jemalloc keeps RSS flatter than either
+(README, "In production"): preload it for long runs
+(`LD_PRELOAD=$(python -m spacy_earlyexit jemalloc-path)`);
 `python -m spacy_earlyexit annotate` does so itself when jemalloc is
 installed (`find_jemalloc`, `preload_jemalloc`), unless told
 `--allocator system`.
@@ -36,18 +29,11 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 #: docs annotated by EarlyExitTagger.pipe, over all calls in the process,
-#: between two releases (0: never). A release costs the next batch a page
-#: fault for every page it touches again. After every batch of 1,024 EWT
-#: docs (as before) that was about 105 MB handed back and faulted in again
-#: per batch (strace, token mode), sys time 13 against 8 us/word in one pair
-#: of runs; with rare releases a steady stream of one setting page-faults
-#: almost never (perf). The memory a burst of docs leaves free goes back to
-#: the system within RELEASE_EVERY_DOCS docs
-RELEASE_EVERY_DOCS = 16384
+#: between two releases of free memory (0: never; see configure)
+RELEASE_EVERY_DOCS = 0
 _docs_since_release = 0
 #: allocations of at least this many bytes are mapped on their own (0: glibc's
-#: default). Off by default: 256 KB keeps RSS flat but made nlp.pipe about 35%
-#: slower here (every large tensor then costs fresh page faults)
+#: default; see configure)
 MMAP_THRESHOLD = 0
 _M_MMAP_THRESHOLD = -3  # mallopt parameter number (malloc.h)
 _threshold_set = False
@@ -72,6 +58,20 @@ def _glibc() -> Optional[ctypes.CDLL]:
             except OSError:
                 _libc = None
     return _libc
+
+
+def configure(release_every_docs: Optional[int] = None, mmap_threshold: Optional[int] = None) -> None:
+    """Ask for glibc tuning during nlp.pipe (see the module docstring); None
+    leaves a setting as it is, 0 turns it off. The mmap threshold, once set
+    in a process, stays set."""
+    global RELEASE_EVERY_DOCS, MMAP_THRESHOLD
+    for name, value in (("release_every_docs", release_every_docs), ("mmap_threshold", mmap_threshold)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ValueError(f"{name} must be an integer >= 0 (0: off); got {value!r}")
+    if release_every_docs is not None:
+        RELEASE_EVERY_DOCS = release_every_docs
+    if mmap_threshold is not None:
+        MMAP_THRESHOLD = mmap_threshold
 
 
 def release_free_memory() -> bool:

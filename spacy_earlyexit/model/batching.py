@@ -13,9 +13,8 @@ from typing import List, Sequence
 
 import numpy
 
-#: fixed cost of one batch, in padded piece slots. On CPU with MiniLM and
-#: nlp.pipe(batch_size=128), 512 to 2048 gave the most words/s in mode off and
-#: in token mode alike (64: token mode 10% slower; 4096: both 10% slower)
+#: fixed cost of one batch, in padded piece slots (README, "Config
+#: reference", says how it was chosen)
 BATCH_COST_SLOTS = 512
 
 

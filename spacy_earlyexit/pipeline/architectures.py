@@ -55,7 +55,8 @@ def make_self_sampling_v1(
     aggressive_share: float = 0.1,
     window_includes_exited: bool = False,
 ) -> SelfSampling:
-    """Self-sampling fine-tuning settings (see METHOD.md, Training)."""
+    """Self-sampling fine-tuning settings: the ranges that each training span's
+    exit setting is drawn from (see model.self_sampling.SelfSampling)."""
     return make_self_sampling_v2(
         window_range=window_range,
         threshold_range=threshold_range,
@@ -75,7 +76,7 @@ def make_self_sampling_v2(
     uncertainty_source: str = "current",
     flooding: float = 0.0,
 ) -> SelfSampling:
-    """Self-sampling fine-tuning settings (see METHOD.md, Training); v1 plus
+    """Self-sampling fine-tuning settings (see model.self_sampling.SelfSampling); v1 plus
     uncertainty_source ("current" model or cached "stage1" predictions for
     the simulated exits) and flooding (0: off; f > 0: flood each token's loss
     toward f times its stage-1 loss)."""

@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, List
 from spacy.language import Language
 from spacy.util import registry
 
+from ..model.self_sampling import SelfSampling
 from .architectures import make_self_sampling_v2
 from .loss import layer_loss_weights
 
@@ -26,6 +27,25 @@ def _tagger(nlp: Language, component: str):
     return nlp.get_pipe(component)
 
 
+@registry.callbacks("spacy_earlyexit.enable_self_sampling.v2")
+def make_enable_self_sampling_v2(
+    self_sampling: SelfSampling, component: str = "earlyexit_tagger"
+) -> BeforeUpdate:
+    """A before_update callback that turns on self-sampling fine-tuning.
+
+    self_sampling: the settings, a `spacy_earlyexit.SelfSampling.v2` block.
+    component: the earlyexit_tagger's name in the pipeline.
+    """
+    settings = asdict(self_sampling)
+    settings["window_range"] = list(settings["window_range"])
+    settings["threshold_range"] = list(settings["threshold_range"])
+
+    def enable_self_sampling(nlp: Language, args: Dict[str, Any]) -> None:
+        _tagger(nlp, component).cfg["self_sampling"] = dict(settings)
+
+    return enable_self_sampling
+
+
 @registry.callbacks("spacy_earlyexit.enable_self_sampling.v1")
 def make_enable_self_sampling(
     component: str = "earlyexit_tagger",
@@ -37,38 +57,14 @@ def make_enable_self_sampling(
     uncertainty_source: str = "current",
     flooding: float = 0.0,
 ) -> BeforeUpdate:
-    """A before_update callback that turns on self-sampling fine-tuning.
-
-    component: the earlyexit_tagger's name in the pipeline.
-    window_range, threshold_range: (min, max) of the window half-width and
-        threshold drawn per training span (bounds inclusive).
-    full_depth_share: share of spans kept at full depth.
-    aggressive_share: share of spans given the most aggressive setting
-        (largest threshold, smallest window).
-    window_includes_exited: whether exited neighbours count in windows.
-    uncertainty_source: "current" (the model being trained) or "stage1"
-        (cached predictions of the sourced stage-1 model).
-    flooding: 0 (off) or f > 0: flood each token's loss toward f times its
-        stage-1 loss.
-    """
-    settings = asdict(
-        make_self_sampling_v2(
-            window_range=window_range,
-            threshold_range=threshold_range,
-            full_depth_share=full_depth_share,
-            aggressive_share=aggressive_share,
-            window_includes_exited=window_includes_exited,
-            uncertainty_source=uncertainty_source,
-            flooding=flooding,
-        )
+    """v1: the settings as arguments of the callback (v2 takes a
+    SelfSampling block instead; see model.self_sampling.SelfSampling)."""
+    sampling = make_self_sampling_v2(
+        window_range=window_range, threshold_range=threshold_range, full_depth_share=full_depth_share,
+        aggressive_share=aggressive_share, window_includes_exited=window_includes_exited,
+        uncertainty_source=uncertainty_source, flooding=flooding,
     )
-    settings["window_range"] = list(settings["window_range"])
-    settings["threshold_range"] = list(settings["threshold_range"])
-
-    def enable_self_sampling(nlp: Language, args: Dict[str, Any]) -> None:
-        _tagger(nlp, component).cfg["self_sampling"] = dict(settings)
-
-    return enable_self_sampling
+    return make_enable_self_sampling_v2(sampling, component)
 
 
 @registry.callbacks("spacy_earlyexit.train_offramps_only.v1")

@@ -8,7 +8,6 @@ the exit settings (the run-time speed/accuracy dial). A call's settings
 travel as arguments down to the layer loop: concurrent calls with different
 settings do not see each other's.
 """
-import json
 import warnings
 from dataclasses import asdict
 from itertools import islice
@@ -24,42 +23,21 @@ from spacy.tokens import Doc
 from spacy.training import Example, validate_examples, validate_get_examples
 from spacy.util import minibatch
 from spacy.vocab import Vocab
-from thinc.api import Config, Model
+from thinc.api import Model
 
 from ..corpus import memory
 from ..layers.data_classes import TokenOutputs
 from ..layers.early_exit_transformer import predict_docs, train_docs
-from ..layers.shim import ModelDataError
 from ..model import EXIT_SETTING_NAMES, ExitSettings
 from ..model.exit_policy import exit_rule
 from ..model.self_sampling import SelfSampling
 from .annotation import token_classes
 from .extensions import exit_summary, register_extensions, set_exit_layers
-from .load_checks import check_classes, check_saved_task, model_load_error
+from .serialization import load_from_bytes, load_from_disk
 from .loss import early_exit_loss, layer_loss_weights
 from .scorers import score_early_exit
+from .layer_scores import score_off_ramps
 from .tasks import get_task
-
-DEFAULT_MODEL_CONFIG = """
-[model]
-@architectures = "spacy_earlyexit.EarlyExitTransformer.v1"
-name = "bert-base-cased"
-offramp_dropout = 0.1
-encoder_learn_rate_scale = 0.1
-freeze_encoder = false
-span_batch_size = 64
-
-[model.get_spans]
-@span_getters = "spacy-transformers.strided_spans.v1"
-window = 128
-stride = 96
-
-[model.tokenizer_config]
-
-[model.transformer_config]
-"""
-DEFAULT_MODEL = Config().from_str(DEFAULT_MODEL_CONFIG)["model"]
-
 
 class EarlyExitTagger(TrainablePipe):
     """A multi-exit transformer tagger (see the module docstring)."""
@@ -300,63 +278,11 @@ class EarlyExitTagger(TrainablePipe):
         """Load the component's settings (cfg) and model (weights, transformer
         config, tokenizer) from `path`. Errors name the file and what is
         wrong with it; nothing is unpickled."""
-        path = util.ensure_path(path)
-
-        def load_cfg(file: Path) -> None:
-            if not file.exists():
-                raise ValueError(f"{self.name}: the saved pipeline lacks {file} (labels and settings)")
-            try:
-                # the standard library parses floats exactly (srsly's reader
-                # can be 1 ulp off, e.g. a threshold of 0.7 came back as 0.7000000000000001)
-                self._load_cfg(json.loads(file.read_text(encoding="utf8")), file)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{self.name}: {file} is not valid JSON ({error})") from error
-
-        def load_model(file: Path) -> None:
-            if not file.exists():
-                raise ValueError(
-                    f"{self.name}: the saved pipeline lacks its model file {file} (weights, "
-                    "transformer config, tokenizer); save the pipeline again with nlp.to_disk"
-                )
-            self._load_model_bytes(file.read_bytes(), str(file))
-
-        readers = {
-            "cfg": load_cfg,
-            "vocab": lambda file: self.vocab.from_disk(file, exclude=exclude),
-            "model": load_model,
-        }
-        util.from_disk(path, readers, exclude)
-        if "model" not in exclude:
-            self._check_classes(str(path))
-        return self
+        return load_from_disk(self, util.ensure_path(path), exclude)
 
     def from_bytes(self, bytes_data: bytes, *, exclude: Iterable[str] = tuple()) -> "EarlyExitTagger":
         """As from_disk, from the bytes of to_bytes."""
-        readers = {
-            "cfg": lambda data: self._load_cfg(json.loads(data), "the component data"),
-            "vocab": lambda data: self.vocab.from_bytes(data, exclude=exclude),
-            "model": lambda data: self._load_model_bytes(data, "the model data"),
-        }
-        util.from_bytes(bytes_data, readers, exclude)
-        if "model" not in exclude:
-            self._check_classes("the component data")
-        return self
-
-    def _load_cfg(self, cfg: Dict[str, Any], source: Any) -> None:
-        check_saved_task(self.name, self.cfg["task"], cfg, source)
-        self.cfg.update(cfg)
-
-    def _load_model_bytes(self, data: bytes, source: str) -> None:
-        try:
-            self.model.from_bytes(data)
-        except ModelDataError as error:
-            raise ValueError(f"{self.name}: cannot load {source}: {error}") from error
-        except Exception as error:  # noqa: BLE001 - thinc's msgpack layer: any failure is a bad file
-            raise model_load_error(self.name, source, len(data), error) from error
-
-    def _check_classes(self, source: str) -> None:
-        if self._is_initialized():
-            check_classes(self.name, self.task.name, self.classes, self.model.shims[0].encoder.n_classes, source)
+        return load_from_bytes(self, bytes_data, exclude)
 
     # --- scoring -----------------------------------------------------------
     def score(self, examples: Iterable[Example], **kwargs: Any) -> Dict[str, Any]:
@@ -371,91 +297,5 @@ class EarlyExitTagger(TrainablePipe):
         return scores
 
     def score_layers(self, examples: List[Example], **kwargs: Any) -> Dict[str, Any]:
-        """Run the predicted docs at full depth and score each off-ramp."""
-        task = self.task
-        copies = [task.prediction_units(eg.predicted) for eg in examples]
-        outputs = self._predict(ExitSettings(exit_mode="off"), copies, layer_labels=True)
-        scores: Dict[str, Any] = {}
-        classes = self.classes
-        key = task.score_keys[0]
-        for layer in range(self.n_layers):
-            layer_examples = []
-            for eg, doc, labels, own in zip(examples, copies, outputs.layer_labels, outputs.has_output):
-                layer_doc = doc.copy()
-                self._annotate(layer_doc, labels[layer], own, classes, overwrite=True)
-                layer_examples.append(Example(layer_doc, eg.reference))
-            scores[f"{key}_layer_{layer + 1}"] = task.score(layer_examples, **kwargs).get(key)
-        return scores
-
-
-@Language.factory(
-    "earlyexit_tagger",
-    assigns=["doc.ents", "token.ent_iob", "token.ent_type", "token.tag", "token.pos", "token._.exit_layer"],
-    default_config={
-        "model": DEFAULT_MODEL,
-        "task": "ner",
-        "overwrite": False,
-        "exit_mode": "off",
-        "threshold": 0.1,
-        "window": 0,
-        "window_includes_exited": False,
-        "threshold_multipliers": None,
-        "sentence_score": "max",
-        "loss_weights": "depth",
-        "self_sampling": None,
-        "score_layers": True,
-        "scorer": {"@scorers": "spacy_earlyexit.scorer.v1"},
-    },
-    default_score_weights={
-        "ents_f": 1.0,
-        "ents_p": 0.0,
-        "ents_r": 0.0,
-        "tag_acc": 1.0,
-        "pos_acc": 1.0,
-        "token_f": 1.0,
-        "exit_layer_mean": None,
-        "flops_speedup": None,
-    },
-)
-def make_earlyexit_tagger(
-    nlp: Language,
-    name: str,
-    model: Model,
-    task: str,
-    overwrite: bool,
-    exit_mode: str,
-    threshold: float,
-    window: int,
-    window_includes_exited: bool,
-    threshold_multipliers: Optional[List[float]],
-    sentence_score: str,
-    loss_weights: str,
-    self_sampling: Optional[SelfSampling],
-    score_layers: bool,
-    scorer: Optional[Callable],
-) -> EarlyExitTagger:
-    """Create an earlyexit_tagger. task: "ner", "tag", "pos" or "segment"; exit_mode,
-    threshold, window, window_includes_exited, threshold_multipliers and
-    sentence_score: the exit rule (see ExitSettings); loss_weights: "depth",
-    "uniform" or "last"; self_sampling: settings of self-sampling fine-tuning
-    (None: plain joint training)."""
-    settings = ExitSettings(
-        exit_mode=exit_mode,
-        threshold=threshold,
-        window=window,
-        window_includes_exited=window_includes_exited,
-        threshold_multipliers=tuple(threshold_multipliers) if threshold_multipliers else None,
-        sentence_score=sentence_score,
-    )
-    return EarlyExitTagger(
-        nlp.vocab,
-        model,
-        name,
-        task=task,
-        overwrite=overwrite,
-        exit_settings=settings,
-        loss_weights=loss_weights,
-        self_sampling=self_sampling,
-        score_layers=score_layers,
-        scorer=scorer,
-    )
+        """The headline score of every off-ramp at full depth (layer_scores.py)."""
+        return score_off_ramps(self, examples, **kwargs)
