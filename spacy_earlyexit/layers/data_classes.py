@@ -1,7 +1,7 @@
 """The data that moves between the layer's steps: docs as tokenized spans
 (DocPieces, in flat arrays), and per-token results (TokenOutputs)."""
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy
 import torch
@@ -116,7 +116,7 @@ class DocPieces:
             word_n_pieces=self.word_n_pieces[words].tolist(),
         )
 
-    def words_of(self, span_indices: Sequence[int]) -> numpy.ndarray:
+    def words_of(self, span_indices: Union[Sequence[int], numpy.ndarray]) -> numpy.ndarray:
         """[W'] indices of the words of the given spans, in that order."""
         spans = numpy.asarray(span_indices, dtype="int64")
         counts = self.word_offsets[spans + 1] - self.word_offsets[spans]

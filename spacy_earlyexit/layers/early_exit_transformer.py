@@ -9,7 +9,7 @@ call is stored on the model, so threads can share one pipeline. thinc's own
 `forward` (model.predict / begin_update) is the full-depth, plain-training
 case of the two.
 """
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, cast
 
 import numpy
 import torch
@@ -71,7 +71,7 @@ def EarlyExitTransformerModel(
 
 
 def init(model: Model, X: Optional[List[Doc]] = None, Y=None) -> Model:
-    shim: EarlyExitShim = model.shims[0]
+    shim = cast(EarlyExitShim, model.shims[0])
     if shim._model is not None:
         return model
     n_classes = model.get_dim("nO") if model.has_dim("nO") else None
@@ -111,7 +111,7 @@ def _waves(doc_pieces: DocPieces, batch_size: int, max_pieces: int) -> List[List
 
 def _tokenize(model: Model, docs: List[Doc]) -> Tuple[DocPieces, int]:
     """The docs' spans as word pieces, and the tokenizer's padding id."""
-    shim: EarlyExitShim = model.shims[0]
+    shim = cast(EarlyExitShim, model.shims[0])
     tokenizer = shim.tokenizer
     doc_pieces = tokenize_docs(
         docs, model.attrs["get_spans"], tokenizer, max_pieces_of(tokenizer, shim.encoder.transformer.config)
@@ -128,7 +128,7 @@ def predict_docs(
     record_layer_labels: also give every off-ramp's labels (outputs.layer_labels;
     meant for settings at full depth, where every layer sees every word).
     """
-    shim: EarlyExitShim = model.shims[0]
+    shim = cast(EarlyExitShim, model.shims[0])
     encoder = shim.encoder
     encoder.eval()
     doc_pieces, pad_id = _tokenize(model, docs)
@@ -145,7 +145,7 @@ def predict_docs(
                 chunk_words = doc_pieces.words_of(chunk)
                 word_exit[chunk_words] = out.exit_layer.cpu().numpy()
                 word_label[chunk_words] = out.labels.cpu().numpy()
-                if word_layer_labels is not None:
+                if word_layer_labels is not None and out.layer_logits is not None:
                     word_layer_labels[:, chunk_words] = out.layer_logits.argmax(dim=-1).cpu().numpy()
     outputs, token_word = to_tokens(len(docs), doc_pieces, word_label, word_exit, encoder.shape)
     if word_layer_labels is not None:
@@ -162,7 +162,7 @@ def train_docs(
     self_sampling: None (joint training at full depth) or the settings of
     self-sampling fine-tuning (exits simulated per span, then forced).
     """
-    shim: EarlyExitShim = model.shims[0]
+    shim = cast(EarlyExitShim, model.shims[0])
     encoder = shim.encoder
     encoder.train()
     for param in encoder.transformer.parameters():
@@ -199,7 +199,7 @@ def train_docs(
     own = token_word_all >= 0
     outputs.layer_logits = numpy.zeros((n_layers, len(token_word_all), n_classes), dtype="float32")
     outputs.layer_active = numpy.zeros((n_layers, len(token_word_all)), dtype=bool)
-    if layer_logits_words is not None:
+    if layer_logits_words is not None and layer_active_words is not None:
         outputs.layer_logits[:, own] = layer_logits_words[:, token_word_all[own]]
         outputs.layer_active[:, own] = layer_active_words[:, token_word_all[own]]
     if reference_words is not None:
@@ -219,7 +219,7 @@ def train_docs(
 def _reference_predictions(shim: EarlyExitShim, encoder: EarlyExitEncoder) -> ReferencePredictions:
     """The stage-1 reference of self-sampling: a frozen copy of the encoder as
     it is at the first step that needs it, kept on the shim (not saved)."""
-    reference = getattr(shim, "self_sampling_reference", None)
+    reference = shim.self_sampling_reference
     if reference is None:
         reference = ReferencePredictions(encoder)
         shim.self_sampling_reference = reference

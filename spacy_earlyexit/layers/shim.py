@@ -44,6 +44,8 @@ class EarlyExitShim(PyTorchShim):
         self.tokenizer = tokenizer
         self.encoder_learn_rate_scale = encoder_learn_rate_scale
         self.freeze_encoder = freeze_encoder
+        #: self-sampling's frozen stage-1 model (training only, not saved)
+        self.self_sampling_reference: Any = None
 
     @property
     def encoder(self) -> EarlyExitEncoder:
@@ -86,7 +88,7 @@ class EarlyExitShim(PyTorchShim):
             "format": MODEL_DATA_FORMAT,
             "hf_config": encoder.transformer.config.to_dict(),
             "n_classes": encoder.n_classes,
-            "offramp_dropout": encoder.offramps[0].dropout.p if len(encoder.offramps) else 0.0,
+            "offramp_dropout": encoder.offramp_dropout,
             "tokenizer": tokenizer_files,
             "weights": save_safetensors(state),
         }

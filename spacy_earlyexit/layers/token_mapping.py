@@ -20,7 +20,7 @@ def lender_index(has_value: numpy.ndarray) -> numpy.ndarray:
     has_value: [n_tokens] bool. Returns [n_tokens] int: the token each token
     takes its output from (itself where it has one; -1 if no token has one).
     """
-    return lender_index_segments(numpy.asarray(has_value, dtype=bool), [len(has_value)])
+    return lender_index_segments(numpy.asarray(has_value, dtype=bool), numpy.asarray([len(has_value)]))
 
 
 def lender_index_segments(has_value: numpy.ndarray, lengths: numpy.ndarray) -> numpy.ndarray:

@@ -9,7 +9,7 @@ long tail; cutting it at every change of length pays the fixed cost too
 often. `length_batches` chooses the cut points that minimise the total of
 both, exactly, by dynamic programming over the sorted lengths.
 """
-from typing import List, Sequence
+from typing import List, Sequence, Union
 
 import numpy
 
@@ -19,7 +19,7 @@ BATCH_COST_SLOTS = 512
 
 
 def length_batches(
-    lengths: Sequence[int],
+    lengths: Union[Sequence[int], numpy.ndarray],
     max_batch: int,
     max_slots: int,
     batch_cost: float = BATCH_COST_SLOTS,

@@ -7,7 +7,7 @@ whose words have all exited are dropped from the batch.
 """
 import warnings
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -96,7 +96,7 @@ class OffRamp(nn.Module):
 class EarlyExitEncoder(nn.Module):
     """Wraps a Hugging Face BERT-family model (`transformer`) with off-ramps."""
 
-    def __init__(self, transformer: nn.Module, n_classes: int, offramp_dropout: float = 0.1):
+    def __init__(self, transformer: Any, n_classes: int, offramp_dropout: float = 0.1):
         super().__init__()
         if not hasattr(transformer, "embeddings") or not hasattr(
             getattr(transformer, "encoder", None), "layer"
@@ -108,10 +108,12 @@ class EarlyExitEncoder(nn.Module):
             )
         if n_classes < 1:
             raise ValueError(f"n_classes must be >= 1; got {n_classes}")
-        self.transformer = transformer
-        config = transformer.config
+        #: the Hugging Face model (duck-typed: transformers' classes share no base)
+        self.transformer: Any = transformer
+        config: Any = transformer.config
         self.hidden_size = int(config.hidden_size)
         self.n_classes = n_classes
+        self.offramp_dropout = float(offramp_dropout)
         self.offramps = nn.ModuleList(
             OffRamp(self.hidden_size, n_classes, offramp_dropout) for _ in self.layers
         )
@@ -133,7 +135,7 @@ class EarlyExitEncoder(nn.Module):
 
     @property
     def shape(self) -> EncoderShape:
-        config = self.transformer.config
+        config: Any = self.transformer.config
         return EncoderShape(
             n_layers=self.n_layers,
             hidden_size=self.hidden_size,
@@ -295,6 +297,7 @@ class _BatchRun:
             self.layer_logits = self.layer_logits.index_put(
                 (torch.full_like(active_words, layer_index), active_words), logits
             )
+            assert self.layer_active is not None
             self.layer_active[layer_index, active_words] = True
         self.exit_logits = self.exit_logits.index_put((active_words,), logits)
         self.labels[active_words] = logits.argmax(dim=-1)

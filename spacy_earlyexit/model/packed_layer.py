@@ -8,7 +8,7 @@ Several batches can go through a layer together (packed_layers_forward):
 their per-row work is then one matrix product, their attention stays apart.
 """
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +57,10 @@ class PieceLayout:
         )
 
 
+#: a Hugging Face layer with the BERT layer structure (see is_packable);
+#: duck-typed, as transformers' layer classes share no base class
+HFLayer = Any
+
 #: share of real pieces in the [S, T] grid above which K/V are projected densely
 DENSE_KV_SHARE = 0.8
 
@@ -72,7 +76,7 @@ _PACKED_MODULES = (
 )
 
 
-def is_packable(layer: nn.Module) -> bool:
+def is_packable(layer: HFLayer) -> bool:
     """Whether a layer has the BERT layer structure the packed path computes.
 
     BERT, RoBERTa, XLM-R, ELECTRA and MiniLM layers qualify; relative position
@@ -100,15 +104,14 @@ def _heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 
 #: active rows up to which the per-row work (K/V, Q, attention output,
-#: feed-forward) of neighbouring batches is done in one matrix product. On
-#: CPU (MiniLM, one thread) products of up to a few hundred rows ran at 55-80
-#: GFLOP/s against 86-97 for a thousand rows or more, and after exits most
-#: batches have only a few hundred active pieces
+#: feed-forward) of neighbouring batches is done in one matrix product: on
+#: CPU, small products run slower per row than large ones, and after exits
+#: most batches have only a few hundred active pieces
 MERGE_ROWS = 2048
 
 
 def packed_layer_forward(
-    layer: nn.Module, hidden: torch.Tensor, layout: PieceLayout, inplace: bool = False
+    layer: HFLayer, hidden: torch.Tensor, layout: PieceLayout, inplace: bool = False
 ) -> torch.Tensor:
     """Apply a BERT-structured layer to the active pieces only.
 
@@ -121,7 +124,7 @@ def packed_layer_forward(
 
 
 def packed_layers_forward(
-    layer: nn.Module,
+    layer: HFLayer,
     hiddens: List[torch.Tensor],
     layouts: List[PieceLayout],
     inplace: bool = False,
@@ -157,7 +160,7 @@ def _split(whole: torch.Tensor, parts: List[torch.Tensor]) -> List[torch.Tensor]
 
 
 def _packed_group(
-    layer: nn.Module, hiddens: List[torch.Tensor], layouts: List[PieceLayout], inplace: bool
+    layer: HFLayer, hiddens: List[torch.Tensor], layouts: List[PieceLayout], inplace: bool
 ) -> List[torch.Tensor]:
     """packed_layers_forward for one merge group: per-row work on the rows of
     all its batches concatenated, attention per batch."""
@@ -230,7 +233,7 @@ def _packed_group(
 FFN_BLOCK_FLOATS = 2048 * 1536
 
 
-def feed_forward(layer: nn.Module, attended: torch.Tensor) -> torch.Tensor:
+def feed_forward(layer: HFLayer, attended: torch.Tensor) -> torch.Tensor:
     """A BERT layer's feed-forward block (intermediate, output, residual and
     LayerNorm) on [N, d] rows, in blocks of rows (see FFN_BLOCK_FLOATS).
     Rows are independent, so the result is that of one call. Returns [N, d]."""
@@ -250,7 +253,7 @@ def _scatter_rows(rows: torch.Tensor, index: torch.Tensor, n_spans: int, length:
 
 
 def masked_layer_forward(
-    layer: nn.Module, hidden: torch.Tensor, real_mask: torch.Tensor, active_mask: torch.Tensor
+    layer: HFLayer, hidden: torch.Tensor, real_mask: torch.Tensor, active_mask: torch.Tensor
 ) -> torch.Tensor:
     """Fallback for any other layer type: compute every piece, keep frozen copies.
 

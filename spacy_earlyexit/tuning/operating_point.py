@@ -18,6 +18,7 @@ Row = Mapping[str, Any]
 def _rows_of(rows: Sequence[Row], model: Optional[str], speedup_key: str) -> List[Row]:
     if speedup_key not in SPEEDUP_KEYS:
         raise ValueError(f"speedup_key must be one of {', '.join(SPEEDUP_KEYS)}; got {speedup_key!r}")
+    rows = [row for row in rows if row.get("setting") is not None]  # not reference pipelines
     models = sorted({row["model"] for row in rows})
     if model is None:
         if len(models) > 1:

@@ -12,9 +12,9 @@ import pytest
 import spacy
 import srsly
 
-from conftest import NER_DATA, POS_DATA
+from helpers.tiny_bert import NER_DATA, POS_DATA
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def write_bio(path: Path) -> Path:

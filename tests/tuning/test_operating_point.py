@@ -104,7 +104,7 @@ def test_chosen_setting_is_written_into_the_pipeline(tiny_bert, tmp_path):
     import spacy
     from spacy.training import Example
 
-    from conftest import NER_DATA
+    from helpers.tiny_bert import NER_DATA
 
     nlp = spacy.blank("en")
     nlp.add_pipe("earlyexit_tagger", config={"task": "ner", "model": {"name": str(tiny_bert)}})
@@ -196,7 +196,7 @@ def test_sweep_on_slices_scores_the_same_as_on_whole_batches(tiny_bert, tmp_path
     from spacy.tokens import DocBin
     from spacy.training import Example
 
-    from conftest import POS_DATA, train_tiny_pipeline
+    from helpers.tiny_bert import POS_DATA, train_tiny_pipeline
     from spacy_earlyexit.tuning.sweep import run_sweep
 
     nlp = train_tiny_pipeline(tiny_bert, "pos", 3)

@@ -8,10 +8,10 @@ import spacy
 import srsly
 from spacy.tokens import Doc, DocBin
 
-from conftest import POS_DATA
+from helpers.tiny_bert import POS_DATA
 
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 UPOS_IN_DATA = {tag for _, tags in POS_DATA for tag in tags}
 
 

@@ -17,7 +17,7 @@ from spacy.tokens import Doc, Span
 from spacy.training import Example, offsets_to_biluo_tags
 from spacy.util import fix_random_seed, registry
 
-from conftest import NER_DATA, POS_DATA
+from helpers.tiny_bert import NER_DATA, POS_DATA
 
 
 TASK_DATA_KEYS = {"ner": "entities", "pos": "pos", "tag": "tags"}

@@ -92,7 +92,7 @@ def check_against_reference(docs, get_spans, tokenizer, max_pieces):
 def tokenizers(tiny_bert, tmp_path_factory):
     from transformers import AutoTokenizer
 
-    from conftest import corpus_words, write_tiny_bert
+    from helpers.tiny_bert import corpus_words, write_tiny_bert
 
     cased = AutoTokenizer.from_pretrained(str(tiny_bert), use_fast=True)
     lower = write_tiny_bert(tmp_path_factory.mktemp("lower_bert"), corpus_words(), lowercase=True)

@@ -47,7 +47,7 @@ MIXED_TEXTS = [
     "",
     "他说：“你好！”\t(ok) 3.14",
 ]
-SHARED_UD = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "ud_zh_gsdsimp"
+SHARED_UD = Path(__file__).resolve().parents[3] / "shared" / "data" / "ud_zh_gsdsimp"
 ZH = spacy.blank("zh")
 
 

@@ -17,11 +17,11 @@ from spacy.tokens import Doc, DocBin, Span
 from spacy.training import Example
 from spacy.util import fix_random_seed
 
-from conftest import NER_DATA, POS_DATA
+from helpers.tiny_bert import NER_DATA, POS_DATA
 
 
 TAGGER = "earlyexit_tagger"
-CONFIG = Path(__file__).resolve().parent.parent / "configs" / "pos_joint.cfg"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "pos_joint.cfg"
 
 
 def make_nlp(bert: Path, task: str) -> Language:

@@ -16,7 +16,7 @@ import spacy
 from spacy.language import Language
 from spacy.tokens import Doc, DocBin
 
-from conftest import NER_DATA, corpus_words, train_tiny_pipeline
+from helpers.tiny_bert import NER_DATA, corpus_words, train_tiny_pipeline
 from spacy_earlyexit.corpus import memory
 from spacy_earlyexit.cli import main
 from spacy_earlyexit.corpus import AnnotateInputError, annotate

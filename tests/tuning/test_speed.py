@@ -14,7 +14,7 @@ import spacy
 import torch
 from spacy.training import Example
 
-from conftest import NER_DATA, corpus_words
+from helpers.tiny_bert import NER_DATA, corpus_words
 from spacy_earlyexit.model import EncoderBatch, span_cost
 
 PIPE = "earlyexit_tagger"

@@ -9,7 +9,7 @@ from importlib.metadata import distribution
 from pathlib import Path
 
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_fresh(script: str, timeout: float = 120) -> dict:

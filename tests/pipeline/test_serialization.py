@@ -19,7 +19,7 @@ from spacy.language import Language
 from spacy.tokens import Doc, DocBin
 from spacy.util import load_model_from_config
 
-from conftest import NER_DATA, POS_DATA, train_tiny_pipeline
+from helpers.tiny_bert import NER_DATA, POS_DATA, train_tiny_pipeline
 
 
 TAGGER = "earlyexit_tagger"

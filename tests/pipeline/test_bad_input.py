@@ -11,7 +11,7 @@ from spacy.tokens import Doc, Span
 from spacy.training import Example
 from spacy.util import fix_random_seed
 
-from conftest import NER_DATA, POS_DATA, train_on
+from helpers.tiny_bert import NER_DATA, POS_DATA, train_on
 
 
 TAGGER = "earlyexit_tagger"

@@ -23,7 +23,7 @@ from spacy.tokens import Doc, Span
 from spacy.training import Example
 from spacy.util import load_model_from_config
 
-from conftest import NER_DATA, POS_DATA, corpus_words, write_tiny_bert, train_tiny_pipeline
+from helpers.tiny_bert import NER_DATA, POS_DATA, corpus_words, write_tiny_bert, train_tiny_pipeline
 
 
 TAGGER = "earlyexit_tagger"

@@ -33,14 +33,12 @@ from spacy_earlyexit.model.self_sampling import (
     simulate_token_exits,
 )
 
-from conftest import NER_DATA
+from helpers import encoders
+from helpers.encoders import N_CLASSES, N_LAYERS, build_batch
+from helpers.tiny_bert import NER_DATA
 
 torch.set_num_threads(1)  # a background job may hold the other core
 
-N_LAYERS = 4
-N_CLASSES = 5
-VOCAB_SIZE = 50
-CLS, SEP, PAD = 2, 3, 0
 PIPE = "earlyexit_tagger"
 
 
@@ -118,40 +116,8 @@ def test_self_sampling_settings_are_validated() -> None:
 # the forced-exit forward against a masked halt-and-copy reference
 # --------------------------------------------------------------------------
 def make_encoder(seed: int = 0) -> EarlyExitEncoder:
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=VOCAB_SIZE, hidden_size=32, num_hidden_layers=N_LAYERS, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    return EarlyExitEncoder(BertModel(config).eval(), N_CLASSES, offramp_dropout=0.0).eval()
-
-
-def build_batch(spans: Sequence[Sequence[int]], seed: int = 0) -> EncoderBatch:
-    """Per span, the number of pieces of each word (0: a piece of no word)."""
-    generator = torch.Generator().manual_seed(seed)
-    lengths = [2 + sum(max(n, 1) for n in span) for span in spans]
-    input_ids = torch.full((len(spans), max(lengths)), PAD, dtype=torch.long)
-    piece_word = torch.full(input_ids.shape, -1, dtype=torch.long)
-    word_span: List[int] = []
-    word_slot: List[int] = []
-    word_piece: List[int] = []
-    for row, span in enumerate(spans):
-        input_ids[row, : lengths[row]] = torch.randint(5, VOCAB_SIZE, (lengths[row],), generator=generator)
-        input_ids[row, 0], input_ids[row, lengths[row] - 1] = CLS, SEP
-        position, slot = 1, 0
-        for n in span:
-            if n:
-                piece_word[row, position : position + n] = len(word_span)
-                word_span.append(row)
-                word_slot.append(slot)
-                word_piece.append(position)
-                slot += 1
-            position += max(n, 1)
-    return EncoderBatch(
-        input_ids=input_ids, lengths=torch.tensor(lengths), word_span=torch.tensor(word_span),
-        word_slot=torch.tensor(word_slot), word_piece=torch.tensor(word_piece), piece_word=piece_word,
-    )
+    """A random encoder, off-ramps as initialised."""
+    return encoders.make_encoder(encoders.random_bert(seed), seed=seed, sharpen=1.0)
 
 
 SPANS = [[1, 2, 1, 1, 3, 1], [1, 0, 2, 1], [2], [1, 1, 1, 1, 1, 1, 1, 1]]

@@ -1,0 +1,104 @@
+"""The settings of a sweep: exit mode x threshold x window x threshold
+schedule, and their short names ("token t=0.2 k=1 m=4")."""
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+from ..model import EXIT_MODES
+
+LaterFactor = Union[float, Tuple[float, float]]
+
+
+def parse_later_factors(text: str) -> List[LaterFactor]:
+    """"1,4,4/16" -> [1.0, 4.0, (4.0, 16.0)] (see build_grid)."""
+    factors: List[LaterFactor] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        second, _, third = item.partition("/")
+        try:
+            factors.append((float(second), float(third)) if third else float(second))
+        except ValueError:
+            raise ValueError(f"later-layer factors are numbers f or pairs a/b; got {item!r}") from None
+    return factors
+
+
+def build_grid(
+    modes: Sequence[str],
+    thresholds: Sequence[float],
+    windows: Sequence[int],
+    later_factors: Sequence[LaterFactor] = (1.0,),
+    n_layers: Optional[int] = None,
+) -> List[Dict[str, Any]]:
+    """The settings of a sweep: "off" first, then each mode x threshold
+    (x window, for token mode only) x later-layer factor.
+
+    later_factors: a factor f other than 1 gives the schedule
+        threshold_multipliers = [1, f, ..., f] (the threshold at layers 2 and
+        up is f times the first layer's; a first off-ramp that is less
+        reliable than the rest then exits only its surest tokens); a pair
+        (a, b) gives [1, a, b, ..., b] (layer 2 at a times, layers 3 and up at
+        b times the first layer's threshold, for encoders whose off-ramps
+        from layer 3 on are as good as the last). Needs n_layers, the
+        encoder's depth (>= 3 for a pair).
+    """
+    unknown = sorted(set(modes) - set(EXIT_MODES))
+    if unknown:
+        raise ValueError(f"unknown exit mode(s) {', '.join(unknown)}; known: {', '.join(EXIT_MODES)}")
+    schedules: List[Optional[List[float]]] = []
+    for factor in later_factors:
+        second, third = factor if isinstance(factor, tuple) else (factor, factor)
+        if float(second) == 1.0 and float(third) == 1.0:
+            schedules.append(None)
+            continue
+        needed = 2 if second == third else 3
+        if n_layers is None or n_layers < needed:
+            raise ValueError(
+                f"later-layer factor {schedule_label([1.0, float(second), float(third)])} needs the "
+                f"encoder's number of layers (>= {needed})"
+            )
+        schedules.append([1.0, float(second)] + [float(third)] * (n_layers - 2))
+    grid: List[Dict[str, Any]] = [{"exit_mode": "off"}]
+    for mode in modes:
+        for threshold in thresholds:
+            bases: List[Dict[str, Any]] = []
+            if mode == "sentence":
+                bases.append({"exit_mode": "sentence", "threshold": float(threshold)})
+            elif mode == "token":
+                bases.extend(
+                    {"exit_mode": "token", "threshold": float(threshold), "window": int(window)}
+                    for window in windows
+                )
+            for base in bases:
+                for schedule in schedules:
+                    grid.append(base if schedule is None else {**base, "threshold_multipliers": schedule})
+    return grid
+
+
+def schedule_label(multipliers: Sequence[float]) -> str:
+    """"4" for [1, 4, 4, ...], "4/16" for [1, 4, 16, 16, ...], else the list."""
+    if multipliers and multipliers[0] == 1.0 and len(multipliers) >= 2:
+        rest = set(multipliers[2:])
+        if not rest or rest == {multipliers[1]}:
+            return f"{multipliers[1]:g}"
+        if len(rest) == 1:
+            return f"{multipliers[1]:g}/{rest.pop():g}"
+    return ",".join(f"{m:g}" for m in multipliers)
+
+
+def setting_name(setting: Mapping[str, Any]) -> str:
+    """A short label such as "token t=0.2 k=1" (" m=4": threshold x4 after
+    layer 1; " m=4/16": x4 at layer 2, x16 from layer 3 on).
+
+    A setting that leaves out a value (the pipeline's own is used) leaves it
+    out of the label too."""
+    mode = setting.get("exit_mode")
+    if mode == "off":
+        return "off"
+    name = mode if mode is not None else "current"
+    if "threshold" in setting:
+        name += f" t={setting['threshold']:g}"
+    if mode == "token" and "window" in setting:
+        name += f" k={setting['window']}"
+    multipliers = setting.get("threshold_multipliers")
+    if multipliers:
+        name += f" m={schedule_label(multipliers)}"
+    return name
