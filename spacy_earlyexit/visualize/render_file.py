@@ -6,6 +6,8 @@
 
 INPUT is read as `annotate` reads it (JSONL with a "text" field, a `.spacy`
 DocBin), or as plain text (`.txt`, `.text`): one doc per non-blank line.
+Docs of a `.spacy` file keep their tokens but lose their annotation (a dev
+set's gold labels), so the page shows what the pipeline predicts.
 """
 import itertools
 from pathlib import Path
@@ -49,28 +51,31 @@ def read_text_lines(path: PathLike) -> Iterator[str]:
 
 
 def read_inputs(path: PathLike, nlp: Language) -> Iterator[Union[str, Doc]]:
-    """Texts (JSONL, plain text) or docs (.spacy) of INPUT, lazily."""
+    """Texts (JSONL, plain text) or unannotated docs (.spacy) of INPUT, lazily."""
     kind = input_format(path)
     if not Path(path).is_file():
         raise AnnotateInputError(f"{path}: no such file")
     if kind == "jsonl":
         return (text for text, _meta in read_jsonl(path))
     if kind == "spacy":
-        return read_docbin(path, nlp.vocab)[1]
+        retokenizes = any(nlp.get_pipe(name).task.retokenizes for name in tagger_names(nlp))
+        return (unannotated(nlp, doc, retokenizes) for doc in read_docbin(path, nlp.vocab)[1])
     return read_text_lines(path)
 
 
-def pipeline_n_layers(nlp: Language, name: str) -> Optional[int]:
-    """The encoder depth of an early-exit component, or None when it cannot
-    be read (the legend then runs to the deepest exit seen)."""
-    tagger = nlp.get_pipe(name)
-    depth = getattr(tagger, "n_layers", None)  # a property in some versions of the component
-    if depth is None:
-        try:
-            depth = tagger.model.shims[0].encoder.n_layers
-        except (AttributeError, IndexError):
-            return None
-    return int(depth)
+def unannotated(nlp: Language, doc: Doc, retokenizes: bool = False) -> Doc:
+    """A doc of the same tokens without annotation (a corpus's gold entities
+    or tags would otherwise be kept and shown instead of the pipeline's);
+    for a task that makes its own tokens (segmentation), the pipeline's
+    tokenization of the text."""
+    if retokenizes:
+        return nlp.make_doc(doc.text)
+    return Doc(nlp.vocab, words=[token.text for token in doc], spaces=[bool(token.whitespace_) for token in doc])
+
+
+def pipeline_n_layers(nlp: Language, names: List[str]) -> int:
+    """The deepest encoder among the named early-exit components."""
+    return max(int(nlp.get_pipe(name).n_layers) for name in names)
 
 
 def pipeline_settings(nlp: Language, name: str, overrides: Mapping[str, Any]) -> Dict[str, Any]:
@@ -112,9 +117,8 @@ def render_file(
     docs: List[Doc] = list(nlp.pipe(inputs, batch_size=batch_size, component_cfg=component_cfg(names, overrides)))
     tasks = {nlp.get_pipe(name).cfg["task"] for name in names}
     annotation = TASK_ANNOTATION.get(tasks.pop(), "auto") if len(tasks) == 1 else "auto"
-    depths = [depth for depth in (pipeline_n_layers(nlp, name) for name in names) if depth]
     html = render(
-        docs, page=True, jupyter=False, n_layers=max(depths) if depths else None,
+        docs, page=True, jupyter=False, n_layers=pipeline_n_layers(nlp, names),
         annotation=annotation, settings=pipeline_settings(nlp, names[0], overrides),
     )
     output = Path(output_html)

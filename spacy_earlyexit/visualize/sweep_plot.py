@@ -11,7 +11,7 @@ and another pipeline for reference.
 matplotlib (the "plot" extra) is imported only when plot_sweep is called.
 """
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, List, Mapping, Optional, Sequence, Union
 
 from ..tuning.sweep import _series
 

@@ -3,7 +3,7 @@ import json
 
 import pytest
 import spacy
-from spacy.tokens import DocBin
+from spacy.tokens import DocBin, Span
 
 from conftest import train_tiny_pipeline
 from spacy_earlyexit.corpus.formats import AnnotateInputError
@@ -40,7 +40,9 @@ def test_render_file_writes_a_page(ner_pipeline, tmp_path, suffix):
         source.write_text("".join(json.dumps({"text": t, "id": i}) + "\n" for i, t in enumerate(TEXTS)), encoding="utf8")
     else:
         nlp = spacy.blank("en")
-        DocBin(docs=[nlp.make_doc(t) for t in TEXTS]).to_disk(source)
+        docs = [nlp.make_doc(t) for t in TEXTS]
+        docs[0].ents = [Span(docs[0], 0, 1, "GOLD")]  # gold annotation: not what the page shows
+        DocBin(docs=docs).to_disk(source)
     output = render_file(ner_pipeline, source, tmp_path / "out" / "exits.html",
                          exit_overrides={"exit_mode": "token", "threshold": 0.5}, limit=2)
     tree = parse(output.read_text(encoding="utf8"))
@@ -49,6 +51,7 @@ def test_render_file_writes_a_page(ner_pipeline, tmp_path, suffix):
     assert [int(s.attrs["data-layer"]) for s in tree.find_all("ee-swatch")] == [1, 2, 3]  # the tiny BERT's depth
     layers = [int(t.attrs["data-exit-layer"]) for t in tree.find_all("ee-token")]
     assert len(layers) == 10 and all(1 <= layer <= 3 for layer in layers)
+    assert "GOLD" not in [mark.attrs["data-label"] for mark in tree.find_all("ee-ent")]
     summary = figures[0].find("ee-summary").text()
     assert "exit mode token" in summary and "threshold 0.5" in summary and "window 0" in summary
 
