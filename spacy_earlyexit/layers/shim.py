@@ -16,8 +16,10 @@ from thinc.api import PyTorchShim, get_torch_default_device
 from thinc.util import torch2xp, xp2torch
 
 from ..model import EarlyExitEncoder
+from .loading import without_pooler
 
 ENCODER_PREFIX = "transformer."
+POOLER_PREFIX = "transformer.pooler."
 MODEL_DATA_FORMAT = 1
 
 
@@ -121,7 +123,7 @@ class EarlyExitShim(PyTorchShim):
             raise ModelDataError("the saved transformer config names no model_type")
         try:
             config = AutoConfig.for_model(model_type, **hf_config)
-            transformer = AutoModel.from_config(config)
+            transformer = without_pooler(AutoModel.from_config, config)
             encoder = EarlyExitEncoder(
                 transformer, int(msg["n_classes"]), float(msg.get("offramp_dropout", 0.1))
             )
@@ -135,7 +137,11 @@ class EarlyExitShim(PyTorchShim):
             raise ModelDataError(
                 f"the earlyexit_tagger weights are corrupt or truncated ({error})"
             ) from error
-        problems = state_problems(encoder.state_dict(), state)
+        expected = encoder.state_dict()
+        if not any(name.startswith(POOLER_PREFIX) for name in expected):
+            # saved by a version that kept the (unused) pooler
+            state = {name: value for name, value in state.items() if not name.startswith(POOLER_PREFIX)}
+        problems = state_problems(expected, state)
         if problems:
             shown = "; ".join(problems[:5])
             if len(problems) > 5:

@@ -102,3 +102,24 @@ def setting_name(setting: Mapping[str, Any]) -> str:
     if multipliers:
         name += f" m={schedule_label(multipliers)}"
     return name
+
+
+def dial_series(rows: Sequence[Mapping[str, Any]]) -> Dict[str, List[Mapping[str, Any]]]:
+    """Rows grouped into dial curves: one per exit mode (and window, in token
+    mode), each starting at the "off" row and ordered by threshold."""
+    off = [r for r in rows if r["setting"] is not None and r["setting"]["exit_mode"] == "off"]
+    series: Dict[str, List[Mapping[str, Any]]] = {}
+    for row in rows:
+        setting = row["setting"]
+        if setting is None or setting["exit_mode"] == "off":
+            continue
+        label = setting["exit_mode"]
+        if setting["exit_mode"] == "token":
+            label += f" k={setting['window']}"
+        multipliers = setting.get("threshold_multipliers")
+        if multipliers:  # a threshold schedule is a curve of its own
+            label = setting_name({**setting, "threshold": 0.0}).replace(" t=0", "")
+        series.setdefault(label, list(off)).append(row)
+    for label, members in series.items():
+        members.sort(key=lambda r: r["setting"].get("threshold", 0.0))
+    return series

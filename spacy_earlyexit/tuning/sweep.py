@@ -20,7 +20,7 @@ from spacy.tokens import Doc, DocBin
 from spacy.training import Example
 from tqdm import tqdm
 
-from .grid import build_grid, parse_later_factors, schedule_label, setting_name  # noqa: F401 (re-exported)
+from .grid import build_grid, dial_series, parse_later_factors, schedule_label, setting_name  # noqa: F401
 from .timing import (  # noqa: F401 (re-exported)
     COMPONENT, Contestant, doc_slices, fresh_docs, paired_speedup, time_interleaved, time_pipe, words_per_second,
 )
@@ -188,68 +188,6 @@ def _ratio(row: Mapping[str, Any]) -> Optional[float]:
     return wall / flops if wall and flops else None
 
 
-def _series(rows: Sequence[Mapping[str, Any]]) -> Dict[str, List[Mapping[str, Any]]]:
-    """Rows grouped into dial curves: one per exit mode (and window, in token
-    mode), each starting at the "off" row and ordered by threshold."""
-    off = [r for r in rows if _mode(r) == "off"]
-    series: Dict[str, List[Mapping[str, Any]]] = {}
-    for row in rows:
-        setting = row["setting"]
-        if setting is None or setting["exit_mode"] == "off":
-            continue
-        label = setting["exit_mode"]
-        if setting["exit_mode"] == "token":
-            label += f" k={setting['window']}"
-        multipliers = setting.get("threshold_multipliers")
-        if multipliers:  # a threshold schedule is a curve of its own
-            label = setting_name({**setting, "threshold": 0.0}).replace(" t=0", "")
-        series.setdefault(label, list(off)).append(row)
-    for label, members in series.items():
-        members.sort(key=lambda r: r["setting"].get("threshold", 0.0))
-    return series
-
-
-def plot(result: Mapping[str, Any], path: Union[str, Path]) -> Path:
-    """PNG: score against FLOPs speed-up (left) and measured wall-clock
-    speed-up (right). One curve per exit mode (per window in token mode),
-    following the threshold from "off" upwards; one line style per pipeline
-    (e.g. stage 1 dashed, stage 2 solid when listed in that order)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in result["rows"] if r.get("score") is not None]
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    styles = ["--", "-", ":", "-."]
-    labels = list(dict.fromkeys(label for m in models for label in _series([r for r in rows if r["model"] == m])))
-    colours = {label: plt.get_cmap("tab10")(i % 10) for i, label in enumerate(labels)}
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
-    for axis, speed_key, title in (
-        (axes[0], "flops_speedup", "FLOPs speed-up (analytic)"),
-        (axes[1], "wall_speedup", "wall-clock speed-up (measured)"),
-    ):
-        for model_index, model_name in enumerate(models):
-            model_rows = [r for r in rows if r["model"] == model_name and r.get(speed_key) is not None]
-            for label, members in _series(model_rows).items():
-                axis.plot(
-                    [r[speed_key] for r in members], [r["score"] * 100 for r in members],
-                    styles[model_index % len(styles)], marker="o", markersize=3,
-                    color=colours[label], label=f"{model_name} {label}",
-                )
-        axis.set_xlabel(title)
-        axis.grid(alpha=0.3)
-    axes[0].set_ylabel(f"{result['score_key']} (dev, points)")
-    axes[0].legend(fontsize=7)
-    figure.suptitle(f"early exit: {result['score_key']} against speed-up ({result['n_docs']} dev docs)")
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
-
-
 def write_results(result: Mapping[str, Any], output_stem: Union[str, Path]) -> Dict[str, Path]:
     """Write <stem>.json, <stem>.md and <stem>.png; returns the paths."""
     stem = Path(output_stem)
@@ -257,5 +195,7 @@ def write_results(result: Mapping[str, Any], output_stem: Union[str, Path]) -> D
     paths = {"json": stem.with_suffix(".json"), "md": stem.with_suffix(".md"), "png": stem.with_suffix(".png")}
     paths["json"].write_text(json.dumps(result, indent=2) + "\n", encoding="utf8")
     paths["md"].write_text(markdown_table(result) + "\n", encoding="utf8")
-    plot(result, paths["png"])
+    from ..visualize.sweep_plot import plot_sweep  # matplotlib: the "plot" extra
+
+    plot_sweep(result, paths["png"])
     return paths

@@ -13,7 +13,7 @@ matplotlib (the "plot" extra) is imported only when plot_sweep is called.
 from pathlib import Path
 from typing import Any, List, Mapping, Optional, Sequence, Union
 
-from ..tuning.sweep import _series
+from ..tuning.grid import dial_series
 
 Row = Mapping[str, Any]
 SPEED_KEYS = ("wall_speedup", "flops_speedup")
@@ -92,7 +92,7 @@ def _of(rows: Sequence[Row], model: str) -> List[Row]:
 def _draw_model(axis, rows: Sequence[Row], key: str, colour, styles: Mapping[str, Any]) -> None:
     """One pipeline's dial curves, and its Pareto frontier as a broad band
     with rings on its rows."""
-    for label, members in _series(rows).items():
+    for label, members in dial_series(rows).items():
         marker, line = styles[label]
         _points(axis, members, key, linestyle=line, marker=marker, markersize=4.5, linewidth=1.1,
                 color=colour, alpha=0.75)
@@ -183,7 +183,7 @@ def plot_sweep(
         raise ValueError("the sweep has no scored rows with a speed-up to plot")
     models = list(dict.fromkeys(row["model"] for row in rows))
     colours = {model: plt.get_cmap("tab10")(i % 10) for i, model in enumerate(models)}
-    curves = list(dict.fromkeys(label for model in models for label in _series(_of(rows, model))))
+    curves = list(dict.fromkeys(label for model in models for label in dial_series(_of(rows, model))))
     styles = {label: (MARKERS[i % len(MARKERS)], LINE_STYLES[i % len(LINE_STYLES)]) for i, label in enumerate(curves)}
     picked = chosen_rows(rows, chosen)
     figure, axes = plt.subplots(1, len(keys), figsize=(7.2 * len(keys), 6.2), sharey=True, squeeze=False)

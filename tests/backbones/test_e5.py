@@ -16,7 +16,7 @@ from spacy_earlyexit.backbones import e5_convert
 from spacy_earlyexit.backbones.e5_convert import E5ChecksumError, convert_e5_file, fetch_multilingual_e5
 from spacy_earlyexit.backbones.e5_format import E5FormatError, read_e5_file
 
-from .e5_files import F32, TINY_NORMALIZATION, TINY_PIECES, TinyModel, tensor_payloads, write_e5_file
+from helpers.e5_files import F32, TINY_NORMALIZATION, TINY_PIECES, TinyModel, tensor_payloads, write_e5_file
 
 METASPACE = "\u2581"
 TEXTS = [

@@ -124,7 +124,7 @@ def test_chosen_setting_is_written_into_the_pipeline(tiny_bert, tmp_path):
 
 
 def test_sweep_grid_with_later_layer_factors():
-    from spacy_earlyexit.tuning.sweep import _series, build_grid, setting_name
+    from spacy_earlyexit.tuning.sweep import dial_series, build_grid, setting_name
 
     grid = build_grid(["sentence", "token"], [0.1], [0, 1], later_factors=[1, 4], n_layers=3)
     assert grid == [
@@ -143,7 +143,7 @@ def test_sweep_grid_with_later_layer_factors():
     assert setting_name({"exit_mode": "token", "threshold": 0.05}) == "token t=0.05"
     assert setting_name({"threshold": 0.3}) == "current t=0.3"
     rows = [{"setting": s} for s in grid]
-    assert sorted(_series(rows)) == ["sentence", "sentence m=4", "token k=0", "token k=0 m=4",
+    assert sorted(dial_series(rows)) == ["sentence", "sentence m=4", "token k=0", "token k=0 m=4",
                                      "token k=1", "token k=1 m=4"]
     with pytest.raises(ValueError, match="number of layers"):
         build_grid(["token"], [0.1], [0], later_factors=[2.0])

@@ -14,7 +14,7 @@ from spacy_earlyexit.pipeline.extensions import exit_summary, set_exit_layers
 from spacy_earlyexit.visualize import exit_span_colours, exit_spans, render
 from spacy_earlyexit.visualize.colours import contrast_ratio, layer_colours, relative_luminance, text_colour
 
-from html_tree import parse
+from helpers.html_tree import parse
 
 EN = spacy.blank("en")
 ZH = spacy.blank("zh")

@@ -19,7 +19,7 @@ from spacy.tokens import Span
 from spacy_earlyexit.pipeline.extensions import exit_summary, set_exit_layers
 from spacy_earlyexit.visualize import render
 
-from html_tree import parse
+from helpers.html_tree import parse
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 #: appended to a copy of the page (the page itself has no script): measures

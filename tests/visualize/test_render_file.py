@@ -5,12 +5,12 @@ import pytest
 import spacy
 from spacy.tokens import DocBin, Span
 
-from conftest import train_tiny_pipeline
+from helpers.tiny_bert import train_tiny_pipeline
 from spacy_earlyexit.corpus.formats import AnnotateInputError
 from spacy_earlyexit.visualize import render_file
 from spacy_earlyexit.visualize.render_file import input_format, read_text_lines
 
-from html_tree import parse
+from helpers.html_tree import parse
 
 TEXTS = ["Alice lives in Paris .", "Bob visited London yesterday .", "The weather is nice ."]
 
