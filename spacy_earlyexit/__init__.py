@@ -19,7 +19,8 @@ from .pipeline import segmentation  # noqa: E402,F401  (registers the "segment" 
 from .model import ExitSettings  # noqa: E402
 from .pipeline.component import EarlyExitTagger  # noqa: E402
 from .pipeline.factory import make_earlyexit_tagger  # noqa: E402
+from .visualize import render  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["EarlyExitTagger", "ExitSettings", "make_earlyexit_tagger", "register_extensions", "__version__"]
+__all__ = ["EarlyExitTagger", "ExitSettings", "make_earlyexit_tagger", "register_extensions", "render", "__version__"]

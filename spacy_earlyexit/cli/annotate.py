@@ -6,7 +6,7 @@ import argparse
 def cmd_demo_annotate(args: argparse.Namespace) -> None:
     from ..workflow.demo import demo_annotate
 
-    demo_annotate(args.pipeline, args.text)
+    demo_annotate(args.pipeline, args.text, args.html)
 
 
 def cmd_annotate(args: argparse.Namespace) -> None:
@@ -74,6 +74,7 @@ def add_commands(commands: "argparse._SubParsersAction") -> None:
     demo = commands.add_parser("demo-annotate", help="annotate sentences, print entities and exit layers")
     demo.add_argument("pipeline")
     demo.add_argument("--text", action="append", default=None, help="a sentence (repeatable)")
+    demo.add_argument("--html", default=None, help="also write the exit view of the sentences here")
     demo.set_defaults(func=cmd_demo_annotate)
 
     corpus = commands.add_parser("annotate", help="annotate a JSONL or .spacy corpus (locally or on Ray)")

