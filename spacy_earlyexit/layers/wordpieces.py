@@ -13,7 +13,7 @@ characters and the one after it; a later token overrides), computed for the
 whole batch at once in flat arrays instead of span by span: a piece is owned
 by the first token it overlaps, and a token that owns no piece (whitespace,
 characters the tokenizer drops, a piece already owned by its neighbour) is
-no word of the encoder. `tests/layers/test_wordpieces.py` checks this against
+no word of the encoder. The project's tests check this against
 spacy-transformers' function on every span.
 """
 from dataclasses import dataclass

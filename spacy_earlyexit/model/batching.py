@@ -13,8 +13,8 @@ from typing import List, Sequence, Union
 
 import numpy
 
-#: fixed cost of one batch, in padded piece slots (README, "Config
-#: reference", says how it was chosen)
+#: fixed cost of one batch, in padded piece slots: the padding one more
+#: batch must save to be worth starting
 BATCH_COST_SLOTS = 512
 
 

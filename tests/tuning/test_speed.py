@@ -17,6 +17,8 @@ from spacy.training import Example
 from helpers.tiny_bert import NER_DATA, corpus_words
 from spacy_earlyexit.model import EncoderBatch, span_cost
 
+pytestmark = pytest.mark.timing  # wall-clock ratios, generous bounds
+
 PIPE = "earlyexit_tagger"
 
 

@@ -234,6 +234,7 @@ def test_a_span_renders_as_its_own_doc():
     assert [int(t.attrs["data-exit-layer"]) for t in tokens_of(tree)] == layers[4:7]
 
 
+@pytest.mark.timing
 def test_long_doc_renders_fast():
     words = ("Alice met Bob in Paris on Tuesday , and they talked . " * 500).split()[:5000]
     doc = EN.make_doc(" ".join(words))
