@@ -175,13 +175,16 @@ class TokenAttributeTask(Task):
         """The labels and the whitespace class."""
         return sorted(set(labels) | {self.whitespace_class})
 
+    @property
+    def output_attrs(self) -> Tuple[str, ...]:  # type: ignore[override]
+        return (self.attr,)
+
 
 class TagTask(TokenAttributeTask):
     """Fine-grained tags in token.tag_."""
 
     name = "tag"
     attr = "tag"
-    output_attrs = ("tag",)
     score_keys = ("tag_acc",)
     whitespace_class = "_SP"
     annotation = "fine-grained tags (token.tag_)"
@@ -193,7 +196,6 @@ class PosTask(TokenAttributeTask):
 
     name = "pos"
     attr = "pos"
-    output_attrs = ("pos",)
     score_keys = ("pos_acc",)
     whitespace_class = "SPACE"
     unknown_class = "X"
