@@ -251,7 +251,7 @@ def _relative_positions(transformer: Any) -> int:
     """Relative-position scores DeBERTa's attention computes per piece and
     layer: its relative embeddings (2 x buckets or 2 x max distance) times its
     position attention types (c2p, p2c); 0 without relative attention."""
-    encoder = getattr(transformer, "encoder", None)
+    encoder: Any = getattr(transformer, "encoder", None)
     if not getattr(encoder, "relative_attention", False):
         return 0
     types = getattr(transformer.config, "pos_att_type", None) or []

@@ -29,7 +29,7 @@ from torch import nn
 HFModule = Any
 
 
-def _path(module: HFModule, path: str) -> Optional[HFModule]:
+def _path(module: HFModule, path: str) -> HFModule:
     """module.a.b.c for path "a.b.c", or None where an attribute is missing."""
     for name in path.split("."):
         module = getattr(module, name, None)
