@@ -12,7 +12,7 @@ its residual and norm). An `EncoderFamily` says this for one layout;
 |-------------|---------------------|--------|------------------------------------------|
 | BERT        | encoder.layer       | packed | BERT, RoBERTa, XLM-R, ELECTRA, MiniLM, CamemBERT |
 | DistilBERT  | transformer.layer   | packed | DistilBERT                               |
-| DeBERTa     | encoder.layer       | masked | DeBERTa-v2/v3 (relative positions, conv) |
+| DeBERTa     | encoder.layer       | masked | DeBERTa, DeBERTa-v2/v3 (relative positions, conv) |
 | ModernBERT  | layers              | masked | ModernBERT (rotary, local/global, pre-norm) |
 
 A BERT-layout model whose layers lack the BERT parts (relative position
@@ -290,7 +290,7 @@ MODERNBERT = EncoderFamily(
 
 SUPPORTED = (
     "BERT, RoBERTa, XLM-R, ELECTRA, MiniLM, CamemBERT (packed); DistilBERT (packed); "
-    "DeBERTa-v2/v3 and ModernBERT (masked)"
+    "DeBERTa, DeBERTa-v2/v3 and ModernBERT (masked)"
 )
 
 

@@ -177,6 +177,31 @@ def write_deberta_v2_conv(path: Path, seed: int) -> None:
     _deberta(path, seed, conv_kernel_size=3, conv_act="gelu")
 
 
+def write_deberta(path: Path, seed: int) -> None:
+    """DeBERTa (v1): relative attention with absolute positions too, a
+    byte-level BPE tokenizer as its own."""
+    from transformers import DebertaConfig, DebertaModel, DebertaTokenizerFast
+
+    backend = _byte_bpe(["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"])
+    backend.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=True),
+        processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+            special_tokens=[("[CLS]", backend.token_to_id("[CLS]")), ("[SEP]", backend.token_to_id("[SEP]"))],
+        ),
+    ])
+    tokenizer = DebertaTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", cls_token="[CLS]",
+                                     sep_token="[SEP]", pad_token="[PAD]", mask_token="[MASK]")
+    torch.manual_seed(seed)
+    config = DebertaConfig(
+        vocab_size=len(tokenizer), hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+        intermediate_size=FFN, max_position_embeddings=POSITIONS, pad_token_id=0, type_vocab_size=0,
+        relative_attention=True, max_relative_positions=16, pos_att_type=["c2p", "p2c"], **DROPOUT_FREE,
+    )
+    DebertaModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
 def write_modernbert(path: Path, seed: int) -> None:
     """ModernBERT with a local window (8 pieces) short enough for the test
     sentences to reach past it; global attention every other layer."""
@@ -216,6 +241,7 @@ WRITERS: Dict[str, Callable[[Path, int], None]] = {
     "electra": write_electra,
     "distilbert": write_distilbert,
     "deberta-v2": write_deberta_v2,
+    "deberta": write_deberta,
     "modernbert": write_modernbert,
 }
 #: families that take the packed path

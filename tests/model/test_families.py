@@ -29,7 +29,7 @@ TEXTS = [text for text, _ in POS_DATA] + [
 ]
 EXPECTED_FAMILY = {
     "bert": BERT, "minilm": BERT, "roberta": BERT, "xlm-roberta": BERT, "electra": BERT,
-    "distilbert": DISTILBERT, "deberta-v2": DEBERTA, "deberta-v2-conv": DEBERTA, "modernbert": MODERNBERT,
+    "distilbert": DISTILBERT, "deberta-v2": DEBERTA, "deberta-v2-conv": DEBERTA, "deberta": DEBERTA, "modernbert": MODERNBERT,
 }
 
 
