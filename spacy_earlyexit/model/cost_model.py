@@ -5,21 +5,52 @@ n are active: K/V projections for all m pieces (2 d^2 each: exited pieces
 still serve as keys and values), Q and attention output for the n active
 pieces (2 d^2), the feed-forward block (2 d d_ff), attention scores and the
 weighted sum (2 n m d), and the off-ramp on each active word (d C).
+
+Family differences (EncoderShape): ELECTRA projects its embeddings
+(e -> d: e d per piece, once, whether words exit or not); ModernBERT's
+feed-forward block is gated (3 d d_ff per piece; its local layers' scores
+are counted as global ones, exact for spans of at most local_attention / 2
+pieces); DeBERTa scores each piece against its relative positions (R d per
+computed piece; the projections of the position embeddings, once per layer
+and batch, are not counted). Families on the masked path (packed=False)
+compute every real piece of a running span at every layer: exits save
+only where whole spans have finished. Embedding lookups (word, position,
+token type) are no multiply-adds, so DistilBERT's missing token types
+change nothing.
 """
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Sequence, Tuple, Union
 
 import numpy
 
 
 @dataclass(frozen=True)
 class EncoderShape:
-    """The sizes that set the cost of one encoder layer."""
+    """The sizes that set the cost of one encoder layer.
+
+    embedding_projection: e, the input width of an embedding projection
+        (ELECTRA), 0 without one.
+    gated_feed_forward: a gated (GLU) feed-forward block (ModernBERT).
+    relative_positions: R, relative-position scores per computed piece and
+        layer (DeBERTa: relative embeddings x position attention types).
+    packed: exited pieces are skipped (False: the masked path).
+    """
 
     n_layers: int
     hidden_size: int
     intermediate_size: int
     n_classes: int
+    embedding_projection: int = 0
+    gated_feed_forward: bool = False
+    relative_positions: int = 0
+    packed: bool = True
+
+    def per_piece(self, total: Union[numpy.ndarray, float]) -> Union[numpy.ndarray, float]:
+        """Multiply-adds per computed piece and layer in a span of `total`
+        real pieces (K/V excluded: they are paid for every piece)."""
+        d, d_ff = self.hidden_size, self.intermediate_size
+        ffn = (3 if self.gated_feed_forward else 2) * d * d_ff
+        return 2 * d * d + ffn + 2 * total * d + self.relative_positions * d
 
 
 def span_cost(
@@ -37,11 +68,12 @@ def span_cost(
     """
     pieces = numpy.asarray(word_pieces, dtype="float64")
     exits = numpy.asarray(exit_layers, dtype="int64")
-    d, d_ff, n_classes = shape.hidden_size, shape.intermediate_size, shape.n_classes
+    d, n_classes = shape.hidden_size, shape.n_classes
     n_layers = shape.n_layers
     total = float(pieces.sum()) + n_other_pieces
-    per_active_piece = 2 * d * d + 2 * d * d_ff + 2 * total * d
-    full = n_layers * (total * 2 * d * d + total * per_active_piece + len(pieces) * d * n_classes)
+    per_active_piece = shape.per_piece(total)
+    embedding = total * shape.embedding_projection * d
+    full = embedding + n_layers * (total * 2 * d * d + total * per_active_piece + len(pieces) * d * n_classes)
     if len(pieces) == 0:
         return 0.0, 0.0
     layers = numpy.arange(1, n_layers + 1)
@@ -49,8 +81,10 @@ def span_cost(
     active = exits[None, :] >= layers[:, None]
     running = active.any(axis=1)
     active_pieces = (active * pieces[None, :]).sum(axis=1) + n_other_pieces * running
+    if not shape.packed:
+        active_pieces = total * running
     active_words = active.sum(axis=1)
-    cost = (
+    cost = embedding + (
         running * total * 2 * d * d
         + active_pieces * per_active_piece
         + active_words * d * n_classes
@@ -82,19 +116,21 @@ def spans_cost(
     offsets = numpy.asarray(word_offsets, dtype="int64")
     other = numpy.asarray(n_other_pieces, dtype="float64")
     n_spans = len(offsets) - 1
-    d, d_ff, n_classes = shape.hidden_size, shape.intermediate_size, shape.n_classes
+    d, n_classes = shape.hidden_size, shape.n_classes
     n_words = numpy.diff(offsets).astype("float64")
     span_of_word = numpy.repeat(numpy.arange(n_spans), numpy.diff(offsets))
     total = numpy.bincount(span_of_word, weights=pieces, minlength=n_spans) + other
-    per_active_piece = 2 * d * d + 2 * d * d_ff + 2 * total * d
-    full = shape.n_layers * (total * 2 * d * d + total * per_active_piece + n_words * d * n_classes)
+    per_active_piece = shape.per_piece(total)
+    embedding = total * shape.embedding_projection * d
+    full = embedding + shape.n_layers * (total * 2 * d * d + total * per_active_piece + n_words * d * n_classes)
     layers_run = numpy.zeros(n_spans)
     numpy.maximum.at(layers_run, span_of_word, exits)
     piece_layers = numpy.bincount(span_of_word, weights=pieces * exits, minlength=n_spans)
     word_layers = numpy.bincount(span_of_word, weights=exits, minlength=n_spans)
-    cost = (
+    computed_pieces = piece_layers + other * layers_run if shape.packed else total * layers_run
+    cost = embedding + (
         layers_run * total * 2 * d * d
-        + (piece_layers + other * layers_run) * per_active_piece
+        + computed_pieces * per_active_piece
         + word_layers * d * n_classes
     )
     empty = n_words == 0

@@ -15,7 +15,8 @@ from torch import nn
 from .cost_model import EncoderShape
 from .exit_policy import ExitRule, ForcedExit, exit_rule
 from .exit_settings import ExitSettings
-from .packed_layer import PieceLayout, is_packable, masked_layer_forward, packed_layers_forward
+from .families import EncoderFamily, family_of
+from .packed_layer import PieceLayout, masked_layer_forward, packed_layers_forward
 from .uncertainty import normalized_entropy
 
 
@@ -94,20 +95,27 @@ class OffRamp(nn.Module):
 
 
 class EarlyExitEncoder(nn.Module):
-    """Wraps a Hugging Face BERT-family model (`transformer`) with off-ramps."""
+    """Wraps a Hugging Face encoder (`transformer`) with off-ramps.
 
-    def __init__(self, transformer: Any, n_classes: int, offramp_dropout: float = 0.1):
+    The encoder's family (families.py: BERT layout, DistilBERT, DeBERTa,
+    ModernBERT) says where its embeddings and layers are and how to call
+    them. packed: compute only the active pieces at each layer (None: where
+    the family's layers allow it; False: the masked path, every piece
+    computed, exited ones kept frozen; True: required).
+    """
+
+    def __init__(
+        self,
+        transformer: Any,
+        n_classes: int,
+        offramp_dropout: float = 0.1,
+        packed: Optional[bool] = None,
+    ):
         super().__init__()
-        if not hasattr(transformer, "embeddings") or not hasattr(
-            getattr(transformer, "encoder", None), "layer"
-        ):
-            raise ValueError(
-                f"{type(transformer).__name__} is not a BERT-family encoder "
-                "(expected .embeddings and .encoder.layer); supported: BERT, RoBERTa, "
-                "XLM-R, ELECTRA, MiniLM and other models with that structure"
-            )
         if n_classes < 1:
             raise ValueError(f"n_classes must be >= 1; got {n_classes}")
+        #: where the transformer keeps its parts (not a module: no weights of its own)
+        self.family: EncoderFamily = family_of(transformer)
         #: the Hugging Face model (duck-typed: transformers' classes share no base)
         self.transformer: Any = transformer
         config: Any = transformer.config
@@ -117,37 +125,54 @@ class EarlyExitEncoder(nn.Module):
         self.offramps = nn.ModuleList(
             OffRamp(self.hidden_size, n_classes, offramp_dropout) for _ in self.layers
         )
-        self.packed = all(is_packable(layer) for layer in self.layers)
-        if not self.packed:
+        packable = self.family.packable(transformer)
+        if packed and not packable:
+            raise ValueError(
+                f"{type(self.layers[0]).__name__} layers ({self.family.name} family) cannot take "
+                "the packed path; leave packed=None for the masked path"
+            )
+        self.packed = packable if packed is None else bool(packed)
+        if packed is None and not packable:
             warnings.warn(
-                f"{type(self.layers[0]).__name__} layers are not of the BERT structure: "
-                "early exit uses the masked path, which is correct but saves no time",
+                f"{type(self.layers[0]).__name__} layers ({self.family.name} family) cannot take "
+                "the packed path: early exit uses the masked path, which is correct but saves "
+                "time only where whole spans have exited",
                 stacklevel=2,
             )
 
     @property
     def layers(self) -> nn.ModuleList:
-        return self.transformer.encoder.layer
+        return self.family.layer_list(self.transformer)
 
     @property
     def n_layers(self) -> int:
-        return len(self.transformer.encoder.layer)
+        return len(self.layers)
 
     @property
     def shape(self) -> EncoderShape:
         config: Any = self.transformer.config
+        project = getattr(self.transformer, "embeddings_project", None)  # ELECTRA
         return EncoderShape(
             n_layers=self.n_layers,
             hidden_size=self.hidden_size,
-            intermediate_size=int(config.intermediate_size),
+            intermediate_size=int(getattr(config, self.family.intermediate_size)),
             n_classes=self.n_classes,
+            embedding_projection=int(project.in_features) if project is not None else 0,
+            gated_feed_forward=self.family.gated_feed_forward,
+            relative_positions=_relative_positions(self.transformer),
+            packed=self.packed,
         )
 
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """input_ids: [S, T] -> [S, T, d]"""
-        hidden = self.transformer.embeddings(input_ids=input_ids)
-        project = getattr(self.transformer, "embeddings_project", None)  # ELECTRA
-        return project(hidden) if project is not None else hidden
+    def embed(self, input_ids: torch.Tensor, real_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """input_ids: [S, T], real_mask: [S, T] bool (None: every piece real) -> [S, T, d]"""
+        if real_mask is None:
+            real_mask = torch.ones(input_ids.shape, dtype=torch.bool, device=input_ids.device)
+        return self.family.embed(self.transformer, input_ids, real_mask)
+
+    def exit_states(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[N, d] states -> [N, d] as the off-ramps read them (ModernBERT: its
+        final norm; the others: unchanged)."""
+        return self.family.norm_for_exit(self.transformer, hidden)
 
     def forward(
         self,
@@ -204,15 +229,36 @@ class EarlyExitEncoder(nn.Module):
             masks = [run.piece_masks() for run in live]
             if self.packed:
                 layouts = [PieceLayout.build(real, active) for real, active in masks]
-                hiddens = packed_layers_forward(layer, [run.hidden for run in live], layouts, inplace=inplace)
+                hiddens = packed_layers_forward(
+                    layer, [run.hidden for run in live], layouts, inplace=inplace, parts=self.family.parts
+                )
             else:
                 hiddens = [
-                    masked_layer_forward(layer, run.hidden, real, active)
+                    masked_layer_forward(layer, run.hidden, real, active, call=self._masked_call(layer_index, layer))
                     for run, (real, active) in zip(live, masks)
                 ]
             for run, hidden in zip(live, hiddens):
                 run.after_layer(layer_index, hidden)
         return [run.output() for run in runs]
+
+    def _masked_call(self, index: int, layer: nn.Module):
+        """layer `index` as (hidden [S, T, d], real_mask [S, T]) -> [S, T, d]."""
+        call = self.family.masked_call
+        return lambda hidden, real: call(self.transformer, index, layer, hidden, real)
+
+
+def _relative_positions(transformer: Any) -> int:
+    """Relative-position scores DeBERTa's attention computes per piece and
+    layer: its relative embeddings (2 x buckets or 2 x max distance) times its
+    position attention types (c2p, p2c); 0 without relative attention."""
+    encoder: Any = getattr(transformer, "encoder", None)
+    if not getattr(encoder, "relative_attention", False):
+        return 0
+    types = getattr(transformer.config, "pos_att_type", None) or []
+    if isinstance(types, str):
+        types = types.lower().split("|")
+    n_types = sum(1 for kind in ("c2p", "p2c") if kind in types)
+    return int(encoder.rel_embeddings.num_embeddings) * n_types
 
 
 class _BatchRun:
@@ -239,7 +285,7 @@ class _BatchRun:
         self.encoder, self.batch = encoder, batch
         self.keep_finished = output_hidden_states
         self.real_all = batch.real_mask()
-        self.hidden = encoder.embed(batch.input_ids)
+        self.hidden = encoder.embed(batch.input_ids, self.real_all)
         self.rows = torch.arange(batch.n_spans, device=device)
         self.row_of_span = self.rows.clone()
         self.word_active = torch.ones(n_words, dtype=torch.bool, device=device)
@@ -291,7 +337,7 @@ class _BatchRun:
         length = hidden.shape[1]
         flat_piece = self.row_of_span[batch.word_span[active_words]] * length + batch.word_piece[active_words]
         logits = encoder.offramps[layer_index](
-            hidden.reshape(-1, encoder.hidden_size).index_select(0, flat_piece)
+            encoder.exit_states(hidden.reshape(-1, encoder.hidden_size).index_select(0, flat_piece))
         )
         if self.layer_logits is not None:
             self.layer_logits = self.layer_logits.index_put(

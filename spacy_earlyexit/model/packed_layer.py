@@ -8,13 +8,14 @@ Several batches can go through a layer together (packed_layers_forward):
 their per-row work is then one matrix product, their attention stays apart.
 """
 from dataclasses import dataclass
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .batching import consecutive_groups
+from .families import BERT_PARTS, LayerParts, bert_masked_call
 
 
 @dataclass
@@ -57,44 +58,23 @@ class PieceLayout:
         )
 
 
-#: a Hugging Face layer with the BERT layer structure (see is_packable);
-#: duck-typed, as transformers' layer classes share no base class
+#: a Hugging Face layer whose pieces a LayerParts names; duck-typed, as
+#: transformers' layer classes share no base class
 HFLayer = Any
 
 #: share of real pieces in the [S, T] grid above which K/V are projected densely
 DENSE_KV_SHARE = 0.8
 
-_PACKED_MODULES = (
-    ("attention", "self", "query"),
-    ("attention", "self", "key"),
-    ("attention", "self", "value"),
-    ("attention", "output", "dense"),
-    ("attention", "output", "LayerNorm"),
-    ("intermediate", "dense"),
-    ("output", "dense"),
-    ("output", "LayerNorm"),
-)
 
+def is_packable(layer: HFLayer, parts: Optional[LayerParts] = None) -> bool:
+    """Whether a layer has the pieces the packed path computes (parts: the
+    family's, BERT's when None).
 
-def is_packable(layer: HFLayer) -> bool:
-    """Whether a layer has the BERT layer structure the packed path computes.
-
-    BERT, RoBERTa, XLM-R, ELECTRA and MiniLM layers qualify; relative position
-    attention, decoders and cross-attention do not.
+    BERT, RoBERTa, XLM-R, ELECTRA and MiniLM layers qualify with BERT's
+    parts, DistilBERT's with its own; relative position attention, decoders
+    and cross-attention do not.
     """
-    for path in _PACKED_MODULES:
-        module = layer
-        for name in path:
-            module = getattr(module, name, None)
-            if module is None:
-                return False
-    self_attention = layer.attention.self
-    position_type = getattr(self_attention, "position_embedding_type", "absolute")
-    if position_type not in (None, "absolute"):
-        return False
-    if getattr(layer, "is_decoder", False) or getattr(layer, "add_cross_attention", False):
-        return False
-    return hasattr(layer.intermediate, "intermediate_act_fn")
+    return (parts or BERT_PARTS).is_packable(layer)
 
 
 def _heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -111,16 +91,21 @@ MERGE_ROWS = 2048
 
 
 def packed_layer_forward(
-    layer: HFLayer, hidden: torch.Tensor, layout: PieceLayout, inplace: bool = False
+    layer: HFLayer,
+    hidden: torch.Tensor,
+    layout: PieceLayout,
+    inplace: bool = False,
+    parts: Optional[LayerParts] = None,
 ) -> torch.Tensor:
-    """Apply a BERT-structured layer to the active pieces only.
+    """Apply a layer to the active pieces only (parts: where the layer keeps
+    its pieces, BERT's layout when None).
 
     hidden: [S, T, d], the current states (exited pieces hold frozen copies).
     inplace: write the new states into `hidden` (inference without autograd
         and without keeping each layer's states).
     Returns [S, T, d]: active pieces updated, every other row unchanged.
     """
-    return packed_layers_forward(layer, [hidden], [layout], inplace=inplace)[0]
+    return packed_layers_forward(layer, [hidden], [layout], inplace=inplace, parts=parts)[0]
 
 
 def packed_layers_forward(
@@ -129,6 +114,7 @@ def packed_layers_forward(
     layouts: List[PieceLayout],
     inplace: bool = False,
     max_rows: Optional[int] = None,
+    parts: Optional[LayerParts] = None,
 ) -> List[torch.Tensor]:
     """packed_layer_forward for several batches at once.
 
@@ -143,7 +129,9 @@ def packed_layers_forward(
     results: List[torch.Tensor] = [None] * len(hiddens)  # type: ignore[list-item]
     n_active = [int(layout.active.numel()) for layout in layouts]
     for group in consecutive_groups(n_active, MERGE_ROWS if max_rows is None else max_rows):
-        outputs = _packed_group(layer, [hiddens[i] for i in group], [layouts[i] for i in group], inplace)
+        outputs = _packed_group(
+            layer, [hiddens[i] for i in group], [layouts[i] for i in group], inplace, parts or BERT_PARTS
+        )
         for index, output in zip(group, outputs):
             results[index] = output
     return results
@@ -160,12 +148,12 @@ def _split(whole: torch.Tensor, parts: List[torch.Tensor]) -> List[torch.Tensor]
 
 
 def _packed_group(
-    layer: HFLayer, hiddens: List[torch.Tensor], layouts: List[PieceLayout], inplace: bool
+    layer: HFLayer, hiddens: List[torch.Tensor], layouts: List[PieceLayout], inplace: bool, parts: LayerParts
 ) -> List[torch.Tensor]:
     """packed_layers_forward for one merge group: per-row work on the rows of
     all its batches concatenated, attention per batch."""
-    attention = layer.attention.self
-    n_heads = attention.num_attention_heads
+    project_query, project_key, project_value = parts.projections(layer)
+    n_heads = parts.n_heads(layer)
     width = hiddens[0].shape[-1]
     flats = [hidden.reshape(-1, width) for hidden in hiddens]
     # K/V for every real piece, exited ones too (they still serve as keys and
@@ -180,15 +168,15 @@ def _packed_group(
         for flat, layout, is_dense in zip(flats, layouts, dense)
     ]
     kv_all = _cat(kv_inputs)
-    key_rows = _split(attention.key(kv_all), kv_inputs)
-    value_rows = _split(attention.value(kv_all), kv_inputs)
+    key_rows = _split(project_key(kv_all), kv_inputs)
+    value_rows = _split(project_value(kv_all), kv_inputs)
     states = [
         flat if layout.all_real_active else flat.index_select(0, layout.active)
         for flat, layout in zip(flats, layouts)
     ]
     states_all = _cat(states)
-    queries = _split(attention.query(states_all), states)
-    dropout = attention.dropout.p if (attention.training and hasattr(attention, "dropout")) else 0.0
+    queries = _split(project_query(states_all), states)
+    dropout = parts.attention_dropout(layer)
     contexts = []
     for index, (hidden, layout) in enumerate(zip(hiddens, layouts)):
         n_spans, length, _ = hidden.shape
@@ -210,8 +198,8 @@ def _packed_group(
         )
         context = context.transpose(1, 2).reshape(n_spans, layout.max_active, width)
         contexts.append(context[layout.active_span, layout.active_rank])
-    attended = layer.attention.output(_cat(contexts), states_all)
-    outputs = _split(feed_forward(layer, attended), states)
+    attended = parts.attention_output(layer, _cat(contexts), states_all)
+    outputs = _split(feed_forward(layer, attended, parts), states)
     results = []
     for hidden, flat, layout, output in zip(hiddens, flats, layouts, outputs):
         n_spans, length, _ = hidden.shape
@@ -233,16 +221,17 @@ def _packed_group(
 FFN_BLOCK_FLOATS = 2048 * 1536
 
 
-def feed_forward(layer: HFLayer, attended: torch.Tensor) -> torch.Tensor:
-    """A BERT layer's feed-forward block (intermediate, output, residual and
-    LayerNorm) on [N, d] rows, in blocks of rows (see FFN_BLOCK_FLOATS).
-    Rows are independent, so the result is that of one call. Returns [N, d]."""
+def feed_forward(layer: HFLayer, attended: torch.Tensor, parts: Optional[LayerParts] = None) -> torch.Tensor:
+    """A layer's feed-forward block (with its residual and norm; BERT's:
+    intermediate, output, residual and LayerNorm) on [N, d] rows, in blocks
+    of rows (see FFN_BLOCK_FLOATS). Rows are independent, so the result is
+    that of one call. Returns [N, d]."""
+    parts = parts or BERT_PARTS
     n_rows = attended.shape[0]
-    block = max(1, FFN_BLOCK_FLOATS // layer.intermediate.dense.out_features)
+    block = max(1, FFN_BLOCK_FLOATS // parts.feed_forward_width(layer))
     if n_rows <= block:
-        return layer.output(layer.intermediate(attended), attended)
-    parts = attended.split(block)
-    return torch.cat([layer.output(layer.intermediate(part), part) for part in parts])
+        return parts.feed_forward(layer, attended)
+    return torch.cat([parts.feed_forward(layer, rows) for rows in attended.split(block)])
 
 
 def _scatter_rows(rows: torch.Tensor, index: torch.Tensor, n_spans: int, length: int) -> torch.Tensor:
@@ -253,14 +242,21 @@ def _scatter_rows(rows: torch.Tensor, index: torch.Tensor, n_spans: int, length:
 
 
 def masked_layer_forward(
-    layer: HFLayer, hidden: torch.Tensor, real_mask: torch.Tensor, active_mask: torch.Tensor
+    layer: HFLayer,
+    hidden: torch.Tensor,
+    real_mask: torch.Tensor,
+    active_mask: torch.Tensor,
+    call: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None,
 ) -> torch.Tensor:
     """Fallback for any other layer type: compute every piece, keep frozen copies.
 
-    hidden: [S, T, d]; real_mask, active_mask: [S, T] bool. Correct but saves
-    no time. Returns [S, T, d].
+    hidden: [S, T, d]; real_mask, active_mask: [S, T] bool. call(hidden,
+    real_mask) runs the whole layer with padding masked (the family's
+    calling convention; BERT's when None). Correct but saves no time.
+    Returns [S, T, d].
     """
-    additive = torch.zeros(real_mask.shape, dtype=hidden.dtype, device=hidden.device)
-    additive = additive.masked_fill(~real_mask, torch.finfo(hidden.dtype).min)[:, None, None, :]
-    updated = layer(hidden, attention_mask=additive)[0]
+    if call is None:
+        updated = bert_masked_call(None, 0, layer, hidden, real_mask)
+    else:
+        updated = call(hidden, real_mask)
     return torch.where(active_mask.unsqueeze(-1), updated, hidden)

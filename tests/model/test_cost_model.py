@@ -90,11 +90,14 @@ def count_by_enumeration(
 ) -> Tuple[int, int]:
     """Walk every layer, piece and operation; count multiply-adds."""
     d, d_ff, n_classes = shape.hidden_size, shape.intermediate_size, shape.n_classes
+    ffn_matrices = 3 if shape.gated_feed_forward else 2  # GLU: gate and input
     # pieces: (owner word or None)
     pieces: List = [None] * n_other + [w for w, n in enumerate(word_pieces) for _ in range(n)]
 
     def run(exits: Sequence[int]) -> int:
         total = 0
+        for _ in pieces:  # embedding projection (ELECTRA)
+            total += shape.embedding_projection * d
         for layer in range(1, shape.n_layers + 1):
             active_words = [w for w in range(len(word_pieces)) if exits[w] >= layer]
             if not active_words:
@@ -102,14 +105,15 @@ def count_by_enumeration(
             for _ in pieces:  # keys and values of every piece
                 total += d * d + d * d
             for owner in pieces:
-                if owner is not None and owner not in active_words:
+                if shape.packed and owner is not None and owner not in active_words:
                     continue
                 total += d * d  # query
                 for _ in pieces:
                     total += d  # score against each key
                     total += d  # weighted value
+                total += shape.relative_positions * d  # scores against relative positions
                 total += d * d  # attention output projection
-                total += d * d_ff + d_ff * d  # feed-forward
+                total += (ffn_matrices - 1) * d * d_ff + d_ff * d  # feed-forward
             for _ in active_words:
                 total += d * n_classes  # off-ramp
         return total
@@ -117,7 +121,18 @@ def count_by_enumeration(
     return run(exit_layers), run([shape.n_layers] * len(word_pieces))
 
 
-@pytest.mark.parametrize("seed", range(6))
+def random_family_fields(rng: numpy.random.Generator) -> dict:
+    """The family fields of EncoderShape (ELECTRA, ModernBERT, DeBERTa, masked
+    path), each set at random."""
+    return {
+        "embedding_projection": int(rng.choice([0, 3])),
+        "gated_feed_forward": bool(rng.integers(0, 2)),
+        "relative_positions": int(rng.choice([0, 6])),
+        "packed": bool(rng.integers(0, 2)),
+    }
+
+
+@pytest.mark.parametrize("seed", range(12))
 def test_random_spans_match_enumeration(seed: int) -> None:
     rng = numpy.random.default_rng(seed)
     shape = EncoderShape(
@@ -125,6 +140,7 @@ def test_random_spans_match_enumeration(seed: int) -> None:
         hidden_size=int(rng.integers(2, 9)),
         intermediate_size=int(rng.integers(2, 17)),
         n_classes=int(rng.integers(1, 6)),
+        **(random_family_fields(rng) if seed >= 6 else {}),
     )
     for _ in range(10):
         n_words = int(rng.integers(1, 7))
@@ -146,7 +162,7 @@ def test_cost_never_rises_when_a_word_exits_earlier() -> None:
                 assert span_cost(SHAPE, [1, 2, 1], OTHER, earlier)[0] < cost
 
 
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("seed", range(8))
 def test_batched_closed_form_equals_per_span_enumeration(seed: int) -> None:
     """spans_cost (closed form over many spans) against span_cost per span,
     including spans without words."""
@@ -156,6 +172,7 @@ def test_batched_closed_form_equals_per_span_enumeration(seed: int) -> None:
         hidden_size=int(rng.integers(2, 9)),
         intermediate_size=int(rng.integers(2, 17)),
         n_classes=int(rng.integers(1, 6)),
+        **(random_family_fields(rng) if seed >= 4 else {}),
     )
     n_spans = 12
     words_per_span = rng.integers(0, 6, size=n_spans)
