@@ -19,8 +19,11 @@ Formats, chosen by file extension:
 
 The local engine streams: it reads lines lazily and writes as it goes (a
 DocBin can be neither read nor written in parts, so `.spacy` input and output
-are held in memory in DocBin's compact form). Output is written to a
-temporary file next to OUTPUT and renamed when complete.
+are held in memory in DocBin's compact form). Output is written next to
+OUTPUT and renamed when complete: JSONL to OUTPUT.partial with checkpoints
+in OUTPUT.partial.json, so that a run killed (SIGKILL, SIGTERM) or failed
+on Ray can continue with `resume=True` (resume.py); .spacy to a temporary
+file, not resumable.
 
 The Ray engine (`pip install spacy-earlyexit[ray]`, see ray_engine.py) reads
 the input in the driver into Ray's object store, runs Ray Data `map_batches`

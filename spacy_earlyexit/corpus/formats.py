@@ -4,8 +4,8 @@ JSONL (`.jsonl`, `.ndjson`): one JSON object per line with a "text" field;
 its other fields are carried through as "meta". An output line holds "text",
 "meta", "tokens" (per token: "text", "start", "end", the task's label
 attributes and "exit_layer"), "ents" and "early_exit". `.spacy`: a DocBin
-stored with user data. Output goes to a temporary file next to the target and
-is renamed when complete.
+stored with user data. `Writer` writes to a temporary file next to the
+target, renamed when complete (resume.py has the resumable JSONL writer).
 """
 import itertools
 import json
