@@ -16,6 +16,7 @@ register_extensions()
 
 from .pipeline import architectures, callbacks, scorers  # noqa: E402,F401  (registrations)
 from .pipeline import segmentation  # noqa: E402,F401  (registers the "segment" task)
+from .pipeline import process  # noqa: E402,F401  (fork handlers for n_process workers)
 from .model import ExitSettings  # noqa: E402
 from .pipeline.component import EarlyExitTagger  # noqa: E402
 from .pipeline.factory import make_earlyexit_tagger  # noqa: E402

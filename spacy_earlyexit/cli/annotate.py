@@ -1,6 +1,7 @@
 """Commands that annotate: corpora (locally or on Ray), the demo's sentences,
 the exit view (HTML)."""
 import argparse
+import sys
 
 
 def cmd_demo_annotate(args: argparse.Namespace) -> None:
@@ -12,6 +13,7 @@ def cmd_demo_annotate(args: argparse.Namespace) -> None:
 def cmd_annotate(args: argparse.Namespace) -> None:
     from ..corpus import memory
     from ..corpus.annotate import annotate
+    from ..corpus.resume import AnnotateInterrupted
 
     if args.allocator != "system" and args.argv is not None:
         # jemalloc keeps RSS flat on long streams where glibc's heap fragments (memory.py)
@@ -28,15 +30,20 @@ def cmd_annotate(args: argparse.Namespace) -> None:
         result = annotate(
             args.pipeline, args.input, args.output, engine=args.engine, batch_size=args.batch_size,
             workers=args.workers, threads=args.threads, exit_overrides=overrides, address=args.address,
-            ship_pipeline=args.ship_pipeline, progress=not args.no_progress,
+            ship_pipeline=args.ship_pipeline, resume=args.resume,
+            checkpoint_seconds=args.checkpoint_seconds, progress=not args.no_progress,
         )
     except ImportError as error:  # the ray engine without ray installed
         raise SystemExit(f"error: {error}") from error
+    except AnnotateInterrupted as error:  # SIGTERM: 128 + 15, as if killed; the partial is kept
+        print(f"{args.input}: {error}", file=sys.stderr)
+        raise SystemExit(143) from error
     setting = ", ".join(f"{name}={value}" for name, value in overrides.items()) or "the pipeline's saved setting"
     engine = f"ray, {args.workers} workers" if args.engine == "ray" else "local"
-    print(f"{args.input}: {result.n_docs} docs, {result.n_tokens} tokens -> {result.output} "
+    resumed = f", {result.resumed_docs} of them from the previous run" if result.resumed_docs else ""
+    print(f"{args.input}: {result.n_docs} docs{resumed}, {result.n_tokens} tokens -> {result.output} "
           f"({engine}, exit: {setting}; malloc: {memory.allocator()}; {result.seconds:.1f} s, "
-          f"{result.n_docs / max(result.seconds, 1e-9):.1f} docs/s)")
+          f"{(result.n_docs - result.resumed_docs) / max(result.seconds, 1e-9):.1f} docs/s)")
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -92,6 +99,13 @@ def add_commands(commands: "argparse._SubParsersAction") -> None:
     corpus.add_argument("--ship-pipeline", action=argparse.BooleanOptionalAction, default=None,
                         help="send the pipeline files to the Ray actors through the object store "
                              "(default: only with --address)")
+    corpus.add_argument("--resume", action="store_true",
+                        help="continue the partial output (OUTPUT.partial) an interrupted run left, after "
+                             "checking the input, pipeline and exit settings are the same (JSONL output only); "
+                             "without it a partial is replaced")
+    corpus.add_argument("--checkpoint-seconds", type=float, default=5.0,
+                        help="least time between two checkpoints of a JSONL output's progress, taken at the "
+                             "end of a batch (0: after every batch)")
     corpus.add_argument("--no-progress", action="store_true")
     corpus.add_argument("--allocator", choices=["auto", "jemalloc", "system"], default="auto",
                         help="auto: run on jemalloc when it is installed (flat memory on long runs; "

@@ -19,8 +19,11 @@ Formats, chosen by file extension:
 
 The local engine streams: it reads lines lazily and writes as it goes (a
 DocBin can be neither read nor written in parts, so `.spacy` input and output
-are held in memory in DocBin's compact form). Output is written to a
-temporary file next to OUTPUT and renamed when complete.
+are held in memory in DocBin's compact form). Output is written next to
+OUTPUT and renamed when complete: JSONL to OUTPUT.partial with checkpoints
+in OUTPUT.partial.json, so that a run killed (SIGKILL, SIGTERM) or failed
+on Ray can continue with `resume=True` (resume.py); .spacy to a temporary
+file, not resumable.
 
 The Ray engine (`pip install spacy-earlyexit[ray]`, see ray_engine.py) reads
 the input in the driver into Ray's object store, runs Ray Data `map_batches`
@@ -40,11 +43,12 @@ import spacy
 import torch
 from spacy.language import Language
 
-from .formats import PathLike, input_records, open_writer
+from .formats import PathLike, input_records
 from .job import (
     FACTORY, AnnotateResult, check_paths, check_positive, component_cfg, label_attrs, progress_bar,
     tagger_names, validate_overrides,
 )
+from .resume import CHECKPOINT_SECONDS, check_resumable, interrupted, open_output, stop_on_sigterm
 
 ENGINES = ("local", "ray")
 
@@ -61,6 +65,8 @@ def annotate(
     exit_overrides: Optional[Dict[str, Any]] = None,
     address: Optional[str] = None,
     ship_pipeline: Optional[bool] = None,
+    resume: bool = False,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
     progress: bool = True,
 ) -> AnnotateResult:
     """Annotate INPUT into OUTPUT (formats by extension, see the module docstring).
@@ -78,11 +84,18 @@ def annotate(
     ship_pipeline: send the pipeline's files to the actors through the object
         store (for clusters whose nodes cannot read the folder); default: only
         when `address` is given.
+    resume: continue the partial output an interrupted run left (JSONL
+        output only; see resume.py); without it a partial is replaced.
+    checkpoint_seconds: least time between two checkpoints of a JSONL
+        output (taken at the end of a batch; 0: after every batch).
     progress: a tqdm bar of docs on stderr.
+    Raises resume.AnnotateInterrupted on SIGTERM (in the main thread), after
+    keeping a resumable partial of a JSONL output.
     """
     if engine == "local":
         return annotate_local(pipeline, input_path, output_path, batch_size=batch_size, threads=threads,
-                              exit_overrides=exit_overrides, progress=progress)
+                              exit_overrides=exit_overrides, resume=resume,
+                              checkpoint_seconds=checkpoint_seconds, progress=progress)
     if engine == "ray":
         if isinstance(pipeline, Language):
             raise ValueError("the ray engine loads the pipeline in its workers: give a saved pipeline folder")
@@ -90,7 +103,8 @@ def annotate(
 
         return annotate_ray(pipeline, input_path, output_path, batch_size=batch_size, workers=workers,
                             threads=1 if threads is None else threads, exit_overrides=exit_overrides,
-                            address=address, ship_pipeline=ship_pipeline, progress=progress)
+                            address=address, ship_pipeline=ship_pipeline, resume=resume,
+                            checkpoint_seconds=checkpoint_seconds, progress=progress)
     raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
 
 
@@ -103,6 +117,8 @@ def annotate_local(
     batch_size: int = 1024,
     threads: Optional[int] = None,
     exit_overrides: Optional[Dict[str, Any]] = None,
+    resume: bool = False,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
     progress: bool = True,
 ) -> AnnotateResult:
     """Annotate in this process with nlp.pipe (arguments as in annotate())."""
@@ -111,6 +127,7 @@ def annotate_local(
     overrides = validate_overrides(exit_overrides)
     input_path, output_path = Path(input_path), Path(output_path)
     check_paths(None if isinstance(pipeline, Language) else pipeline, input_path, output_path)
+    check_resumable(output_path, resume)
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -119,16 +136,27 @@ def annotate_local(
         names = tagger_names(nlp)
         if not names:
             raise ValueError(f"the pipeline has no {FACTORY} component (components: {', '.join(nlp.pipe_names)})")
-        total, records = input_records(input_path, nlp.vocab)
-        n_docs = n_tokens = 0
-        with open_writer(output_path, label_attrs(nlp)) as writer, progress_bar(total, progress, "local") as bar:
-            annotated = nlp.pipe(records, as_tuples=True, batch_size=batch_size,
-                                 component_cfg=component_cfg(names, overrides))
-            for doc, meta in annotated:
-                writer.add(doc, meta)
-                n_docs += 1
-                n_tokens += len(doc)
-                bar.update(1)
+        with stop_on_sigterm() as stop, \
+                open_output(output_path, input_path, label_attrs(nlp), pipeline, overrides, resume) as writer:
+            total, records = input_records(input_path, nlp.vocab, writer.start_docs, writer.input_offset,
+                                           writer.input_line)
+            with progress_bar(total, progress, "local", initial=writer.start_docs) as bar:
+                annotated = nlp.pipe(records, as_tuples=True, batch_size=batch_size,
+                                     component_cfg=component_cfg(names, overrides))
+                in_batch, last_checkpoint = 0, time.monotonic()
+                for doc, (meta, input_offset, input_line) in annotated:
+                    writer.add(doc, meta, input_offset, input_line)
+                    bar.update(1)
+                    if stop:
+                        writer.checkpoint()
+                        raise interrupted(stop.name, writer)
+                    in_batch += 1
+                    if in_batch == batch_size:  # nlp.pipe's batch is written
+                        in_batch = 0
+                        if time.monotonic() - last_checkpoint >= checkpoint_seconds:
+                            writer.checkpoint()
+                            last_checkpoint = time.monotonic()
     finally:
         torch.set_num_threads(previous_threads)
-    return AnnotateResult("local", n_docs, n_tokens, time.perf_counter() - start, output_path)
+    return AnnotateResult("local", writer.n_docs, writer.n_tokens, time.perf_counter() - start, output_path,
+                          resumed_docs=writer.start_docs)

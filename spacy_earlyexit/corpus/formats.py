@@ -4,9 +4,10 @@ JSONL (`.jsonl`, `.ndjson`): one JSON object per line with a "text" field;
 its other fields are carried through as "meta". An output line holds "text",
 "meta", "tokens" (per token: "text", "start", "end", the task's label
 attributes and "exit_layer"), "ents" and "early_exit". `.spacy`: a DocBin
-stored with user data. Output goes to a temporary file next to the target and
-is renamed when complete.
+stored with user data. `Writer` writes to a temporary file next to the
+target, renamed when complete (resume.py has the resumable JSONL writer).
 """
+import itertools
 import json
 import os
 import tempfile
@@ -45,17 +46,27 @@ def read_jsonl(path: PathLike) -> Iterator[Tuple[str, Dict[str, Any]]]:
     """(text, meta) per non-blank line of a JSONL file, read lazily. Raises
     AnnotateInputError naming the file and line for invalid UTF-8 or JSON, a
     line that is not an object, or a missing or non-string "text"."""
+    for text, meta, _, _ in read_jsonl_from(path):
+        yield text, meta
+
+
+def read_jsonl_from(path: PathLike, offset: int = 0, line: int = 0) -> Iterator[Tuple[str, Dict[str, Any], int, int]]:
+    """As read_jsonl, from byte `offset` (the start of line `line` + 1), and
+    with where the input continues after each record: (text, meta, byte
+    offset after its line, its line number)."""
     with open(path, "rb") as stream:
-        for number, raw in enumerate(stream, start=1):
+        stream.seek(offset)
+        for number, raw in enumerate(stream, start=line + 1):
+            offset += len(raw)
             where = f"{path}, line {number}"
             try:
-                line = raw.decode("utf-8-sig" if number == 1 else "utf8")
+                decoded = raw.decode("utf-8-sig" if number == 1 else "utf8")
             except UnicodeDecodeError as error:
                 raise AnnotateInputError(f"{where}: not UTF-8 ({error.reason})") from None
-            if not line.strip():
+            if not decoded.strip():
                 continue
             try:
-                record = json.loads(line)
+                record = json.loads(decoded)
             except json.JSONDecodeError as error:
                 raise AnnotateInputError(f"{where}: invalid JSON ({error.msg} at column {error.colno})") from None
             if not isinstance(record, dict):
@@ -65,7 +76,7 @@ def read_jsonl(path: PathLike) -> Iterator[Tuple[str, Dict[str, Any]]]:
             text = record.pop("text")
             if not isinstance(text, str):
                 raise AnnotateInputError(f"{where}: \"text\" must be a string, got {type(text).__name__}")
-            yield text, record
+            yield text, record, offset, number
 
 
 def read_docbin(path: PathLike, vocab: Vocab) -> Tuple[int, Iterator[Doc]]:
@@ -116,7 +127,11 @@ def _with_meta(doc: Doc, meta: Dict[str, Any]) -> Doc:
 
 class Writer:
     """Writes annotated docs (or serialized batches from Ray actors) to a
-    temporary file next to `path`; commit() renames it to `path`."""
+    temporary file next to `path`; commit() renames it to `path`. Not
+    resumable (resume.ResumableJsonlWriter is, for JSONL): it always starts
+    at the first doc, and checkpoint() does nothing."""
+
+    start_docs = start_tokens = input_offset = input_line = 0
 
     def __init__(self, path: Path, output_format: str, attrs: Sequence[str]) -> None:
         self.path = path
@@ -126,19 +141,28 @@ class Writer:
         self.temporary = Path(temporary)
         self.stream = os.fdopen(handle, "w", encoding="utf8", newline="") if output_format == "jsonl" else os.fdopen(handle, "wb")
         self.docbin = DocBin(store_user_data=True) if output_format == "spacy" else None
+        self.n_docs = self.n_tokens = 0
 
-    def add(self, doc: Doc, meta: Dict[str, Any]) -> None:
+    def add(self, doc: Doc, meta: Dict[str, Any], input_offset: int = 0, input_line: int = 0) -> None:
+        self.n_docs += 1
+        self.n_tokens += len(doc)
         if self.docbin is None:
             self.stream.write(doc_json_line(doc, self.attrs, meta))
         else:
             self.docbin.add(_with_meta(doc, meta))
 
-    def add_serialized(self, payload: bytes) -> None:
-        """A batch as serialize_batch() made it."""
+    def add_serialized(self, payload: bytes, n_docs: int = 0, n_tokens: int = 0, input_offset: int = 0,
+                       input_line: int = 0) -> None:
+        """A batch of `n_docs` docs as serialize_batch() made it."""
+        self.n_docs += n_docs
+        self.n_tokens += n_tokens
         if self.docbin is None:
             self.stream.write(payload.decode("utf8"))
         else:
             self.docbin.merge(DocBin(store_user_data=True).from_bytes(payload))
+
+    def checkpoint(self) -> None:
+        pass
 
     def commit(self) -> None:
         if self.docbin is not None:
@@ -173,9 +197,16 @@ def serialize_batch(docs: Sequence[Doc], metas: Sequence[Dict[str, Any]], output
     return docbin.to_bytes()
 
 
-def input_records(input_path: Path, vocab: Vocab) -> Tuple[Optional[int], Iterator[Record]]:
-    """(number of docs if known, (text or Doc, meta) records) of an input file."""
+def input_records(input_path: Path, vocab: Vocab, start_docs: int = 0, start_offset: int = 0,
+                  start_line: int = 0) -> Tuple[Optional[int], Iterator[Tuple[Union[str, Doc], Tuple[Dict[str, Any], int, int]]]]:
+    """(number of docs if known, records) of an input file, from doc
+    `start_docs` on (JSONL: from byte `start_offset`, the start of line
+    `start_line` + 1). A record is (text or Doc, (meta, offset, line)):
+    where the input continues after it (JSONL: byte offset and line number;
+    .spacy: 0, 0)."""
     if file_format(input_path) == "jsonl":
-        return None, read_jsonl(input_path)
+        lines = read_jsonl_from(input_path, start_offset, start_line)
+        return None, ((text, (meta, offset, line)) for text, meta, offset, line in lines)
     total, docs = read_docbin(input_path, vocab)
-    return total, ((doc, doc.user_data.get(META_KEY, {})) for doc in docs)
+    docs = itertools.islice(docs, start_docs, None)
+    return total, ((doc, (doc.user_data.get(META_KEY, {}), 0, 0)) for doc in docs)

@@ -25,6 +25,8 @@ class AnnotateResult:
     n_tokens: int
     seconds: float
     output: Path
+    #: docs of n_docs that a previous, interrupted run had written (resume)
+    resumed_docs: int = 0
 
 
 
@@ -74,8 +76,9 @@ def check_paths(pipeline: Optional[PathLike], input_path: Path, output_path: Pat
     output_path.parent.mkdir(parents=True, exist_ok=True)
 
 
-def progress_bar(total: Optional[int], enabled: bool, engine: str) -> tqdm:
-    return tqdm(total=total, unit="doc", desc=f"annotate ({engine})", file=sys.stderr, disable=not enabled)
+def progress_bar(total: Optional[int], enabled: bool, engine: str, initial: int = 0) -> tqdm:
+    return tqdm(total=total, unit="doc", desc=f"annotate ({engine})", file=sys.stderr, disable=not enabled,
+                initial=initial)
 
 
 def check_positive(**values: Optional[int]) -> None:

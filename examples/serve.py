@@ -1,0 +1,235 @@
+"""Serve an early-exit pipeline over HTTP, with micro-batching (stdlib only).
+
+    python examples/serve.py PIPELINE [--host 127.0.0.1] [--port 8080] [--threads 1]
+
+POST /annotate  {"texts": ["...", ...], "threshold": 0.2, "exit_mode": "token", "window": 1}
+    -> {"docs": [{"text", "tokens": [{"text", "start", "end", <label attrs>, "exit_layer"}],
+                  "ents": [[start_char, end_char, label]], "early_exit": {...}}]}
+    The exit settings are optional (default: the pipeline's saved ones) and
+    apply to this request only; a bad value is a 400 naming the setting.
+GET /health     -> {"ok": true}
+
+How it runs: `ThreadingHTTPServer` gives every connection a thread that only
+parses JSON, waits and writes JSON. One `MicroBatcher` thread owns the
+pipeline: it takes the first waiting request, collects the requests that
+arrive within `--wait-ms` (up to `--max-batch-docs` docs), groups them by
+their exit settings, and runs one nlp.pipe call per group, with that group's
+settings as nlp.pipe's component_cfg. Requests with different settings are
+never in the same call, and only this thread calls the model, so no setting
+can leak from one request to another, whatever the pipeline does with
+per-call settings. Batching concurrent requests pads less and pays the
+per-call overhead once.
+
+Torch threads: `--threads` (default 1) intra-op threads for the one model
+thread. To use more cores, run more processes (one per core, each with
+--threads 1, behind a load balancer or SO_REUSEPORT) rather than more torch
+threads: on small batches torch's OpenMP threads mostly wait (and spin).
+Preload jemalloc for long-running servers (README, "In production").
+
+`--no-batching` calls nlp.pipe from every request thread directly
+(concurrently): for comparison in examples/load_test.py only.
+"""
+import argparse
+import json
+import queue
+import sys
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import spacy
+import torch
+from spacy.language import Language
+
+from spacy_earlyexit.corpus.formats import doc_record
+from spacy_earlyexit.corpus.job import component_cfg, label_attrs, tagger_names
+from spacy_earlyexit.model import ExitSettings
+
+#: the exit settings a request may give
+REQUEST_SETTINGS = ("exit_mode", "threshold", "window")
+MAX_TEXTS_PER_REQUEST = 1024
+
+
+def request_settings(body: Dict[str, Any]) -> Tuple[Tuple[str, Any], ...]:
+    """The request's exit settings as a sorted, hashable tuple (ValueError
+    naming a bad setting)."""
+    settings = {name: body[name] for name in REQUEST_SETTINGS if body.get(name) is not None}
+    ExitSettings().updated(**settings)
+    return tuple(sorted(settings.items()))
+
+
+def annotate_texts(nlp: Language, texts: Sequence[str], settings: Tuple[Tuple[str, Any], ...],
+                   batch_size: int = 256) -> List[Dict[str, Any]]:
+    """The response records of `texts`, annotated in one nlp.pipe call with `settings`."""
+    cfg = component_cfg(tagger_names(nlp), dict(settings))
+    attrs = label_attrs(nlp)
+    return [doc_record(doc, attrs, {}) for doc in nlp.pipe(texts, batch_size=batch_size, component_cfg=cfg)]
+
+
+@dataclass
+class Request:
+    texts: List[str]
+    settings: Tuple[Tuple[str, Any], ...]
+    result: "Future[List[Dict[str, Any]]]" = field(default_factory=Future)
+
+
+class MicroBatcher:
+    """One thread that runs the pipeline on groups of requests (see the module docstring).
+
+    wait_ms: how long to collect further requests after the first one.
+    max_batch_docs: most docs collected for one round (a request is never split).
+    """
+
+    def __init__(self, nlp: Language, wait_ms: float = 5.0, max_batch_docs: int = 512) -> None:
+        self.nlp = nlp
+        self.wait_s = wait_ms / 1000
+        self.max_batch_docs = max_batch_docs
+        self.queue: "queue.Queue[Optional[Request]]" = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name="micro-batcher", daemon=True)
+        self.thread.start()
+
+    def submit(self, texts: List[str], settings: Tuple[Tuple[str, Any], ...]) -> "Future[List[Dict[str, Any]]]":
+        request = Request(texts, settings)
+        self.queue.put(request)
+        return request.result
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+
+    def _collect(self, first: Request) -> Tuple[List[Request], bool]:
+        """`first` and the requests that arrive within wait_s; and whether to stop."""
+        requests, n_docs = [first], len(first.texts)
+        deadline = time.monotonic() + self.wait_s
+        while n_docs < self.max_batch_docs:
+            timeout = deadline - time.monotonic()
+            try:
+                request = self.queue.get(timeout=timeout) if timeout > 0 else self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if request is None:
+                return requests, True
+            requests.append(request)
+            n_docs += len(request.texts)
+        return requests, False
+
+    def _run(self) -> None:
+        while True:
+            first = self.queue.get()
+            if first is None:
+                return
+            requests, stop = self._collect(first)
+            groups: Dict[Tuple[Tuple[str, Any], ...], List[Request]] = {}
+            for request in requests:
+                groups.setdefault(request.settings, []).append(request)
+            for settings, group in groups.items():
+                try:
+                    records = annotate_texts(self.nlp, [text for request in group for text in request.texts],
+                                             settings)
+                except Exception as error:  # noqa: BLE001 (reported to each request of the group)
+                    for request in group:
+                        request.result.set_exception(error)
+                    continue
+                start = 0
+                for request in group:
+                    request.result.set_result(records[start:start + len(request.texts)])
+                    start += len(request.texts)
+            if stop:
+                return
+
+
+def make_handler(nlp: Language, batcher: Optional[MicroBatcher]) -> type:
+    """The request handler class: through `batcher`, or (None) nlp.pipe in the request's thread."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive: clients reuse their connection
+
+        def log_message(self, format: str, *args: Any) -> None:  # no line per request
+            pass
+
+        def _reply(self, status: int, body: Dict[str, Any]) -> None:
+            data = json.dumps(body, ensure_ascii=False).encode("utf8")
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            if self.path == "/health":
+                self._reply(200, {"ok": True})
+            else:
+                self._reply(404, {"error": f"no such path: {self.path}"})
+
+        def do_POST(self) -> None:
+            if self.path != "/annotate":
+                self._reply(404, {"error": f"no such path: {self.path}"})
+                return
+            try:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"null")
+                if not isinstance(body, dict):
+                    raise ValueError("the body must be a JSON object")
+                texts = body.get("texts")
+                if not isinstance(texts, list) or not all(isinstance(text, str) for text in texts):
+                    raise ValueError('"texts" must be a list of strings')
+                if len(texts) > MAX_TEXTS_PER_REQUEST:
+                    raise ValueError(f"at most {MAX_TEXTS_PER_REQUEST} texts per request")
+                settings = request_settings(body)
+            except ValueError as error:
+                self._reply(400, {"error": str(error)})
+                return
+            try:
+                if batcher is None:
+                    docs = annotate_texts(nlp, texts, settings)
+                else:
+                    docs = batcher.submit(texts, settings).result()
+            except Exception as error:  # noqa: BLE001
+                self._reply(500, {"error": f"{type(error).__name__}: {error}"})
+                return
+            self._reply(200, {"docs": docs})
+
+    return Handler
+
+
+def make_server(nlp: Language, host: str = "127.0.0.1", port: int = 8080, batching: bool = True,
+                wait_ms: float = 5.0, max_batch_docs: int = 512) -> Tuple[ThreadingHTTPServer, Optional[MicroBatcher]]:
+    """An HTTP server for `nlp` (not yet serving: call serve_forever) and its batcher.
+    port 0: any free port (server.server_address has it)."""
+    batcher = MicroBatcher(nlp, wait_ms, max_batch_docs) if batching else None
+    server = ThreadingHTTPServer((host, port), make_handler(nlp, batcher))
+    server.daemon_threads = True
+    return server, batcher
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("pipeline")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080, help="0: any free port (printed)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads of the model thread")
+    parser.add_argument("--wait-ms", type=float, default=5.0, help="how long to collect requests into a batch")
+    parser.add_argument("--max-batch-docs", type=int, default=512)
+    parser.add_argument("--no-batching", action="store_true",
+                        help="nlp.pipe in every request thread, concurrently (for comparison only)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    nlp = spacy.load(args.pipeline)
+    server, batcher = make_server(nlp, args.host, args.port, not args.no_batching, args.wait_ms,
+                                  args.max_batch_docs)
+    host, port = server.server_address[:2]
+    print(f"listening on http://{host}:{port}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        if batcher is not None:
+            batcher.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
