@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import NER_DATA, POS_DATA, train_tiny_pipeline
+from helpers.tiny_bert import NER_DATA, POS_DATA, train_tiny_pipeline
 
 TIMEOUT_S = 120
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 SCRIPT = r'''
 import json, multiprocessing, os, sys

@@ -17,13 +17,13 @@ from typing import List
 
 import pytest
 
-from conftest import NER_DATA, corpus_words, train_tiny_pipeline
+from helpers.tiny_bert import NER_DATA, corpus_words, train_tiny_pipeline
 from spacy_earlyexit.cli import main
 from spacy_earlyexit.corpus import resume
 from spacy_earlyexit.corpus.annotate import annotate
 from spacy_earlyexit.corpus.resume import AnnotateInterrupted, ResumableJsonlWriter, ResumeError, partial_paths
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 180
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import NER_DATA, train_tiny_pipeline
+from helpers.tiny_bert import NER_DATA, train_tiny_pipeline
 
-SERVE = Path(__file__).resolve().parents[1] / "examples" / "serve.py"
+SERVE = Path(__file__).resolve().parents[2] / "examples" / "serve.py"
 
 
 @pytest.fixture(scope="module")
