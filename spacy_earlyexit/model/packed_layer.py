@@ -238,7 +238,8 @@ def feed_forward(layer: HFLayer, attended: torch.Tensor) -> torch.Tensor:
     LayerNorm) on [N, d] rows, in blocks of rows (see FFN_BLOCK_FLOATS).
     Rows are independent, so the result is that of one call. Returns [N, d]."""
     n_rows = attended.shape[0]
-    block = max(1, FFN_BLOCK_FLOATS // layer.intermediate.dense.out_features)
+    dense = layer.intermediate.dense
+    block = getattr(dense, "ffn_block_rows", None) or max(1, FFN_BLOCK_FLOATS // dense.out_features)
     if n_rows <= block:
         return layer.output(layer.intermediate(attended), attended)
     parts = attended.split(block)
