@@ -106,9 +106,43 @@ def int8_share(nlp, dev: str, setting: Dict[str, Any], limit: int = 300) -> Opti
     return int8 / flops if flops else None
 
 
+def plot(result: Dict[str, Any], path: Path) -> None:
+    """UPOS against words/s: one curve per model and precision (mode off,
+    then the token settings), the reference pipelines as vertical lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 5))
+    curves: Dict[str, List[Dict[str, Any]]] = {}
+    for row in result["rows"]:
+        if row["setting"] is None:
+            axes.axvline(row["words_per_second"], linestyle=":", color="grey")
+            axes.annotate(row["model"], (row["words_per_second"], 0.02), xycoords=("data", "axes fraction"),
+                          rotation=90, fontsize=8, ha="right", va="bottom")
+        else:
+            curves.setdefault(row["model"], []).append(row)
+    for model, rows in curves.items():
+        rows = sorted(rows, key=lambda r: r["words_per_second"])
+        axes.plot([r["words_per_second"] for r in rows], [r["score"] * 100 for r in rows], marker="o", label=model)
+        for r in rows:
+            axes.annotate(setting_label(r["setting"]).replace("token ", ""), (r["words_per_second"], r["score"] * 100),
+                          fontsize=6, xytext=(3, 3), textcoords="offset points")
+    axes.set_xscale("log")
+    axes.set_xlabel("words/s (nlp.pipe, one torch thread, median; log scale)")
+    axes.set_ylabel(f"{result['score_key']} (dev, points)")
+    axes.set_title(f"float32 vs int8, early exit ({result['n_docs']} dev docs)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", action="append", required=True, help="NAME=FLOAT32_PIPELINE (repeatable)")
+    parser.add_argument("--model", action="append", default=[], help="NAME=FLOAT32_PIPELINE (repeatable)")
     parser.add_argument("--int8", action="append", default=[], help="NAME=INT8_PIPELINE (default: quantized in memory)")
     parser.add_argument("--dev", required=True)
     parser.add_argument("--out", default="benchmarks/results/int8_speed")
@@ -121,7 +155,13 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                         help="time spacy-transformers in only the first N repetitions (0: all)")
     parser.add_argument("--no-small", action="store_true", help="do not time en_core_web_sm")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--replot", default=None, help="only redraw OUT.png and OUT.md from this JSON")
     args = parser.parse_args(argv)
+    if args.replot:
+        result = json.loads(Path(args.replot).read_text())
+        Path(args.out).with_suffix(".md").write_text(table(result) + "\n")
+        plot(result, Path(args.out).with_suffix(".png"))
+        return result
     torch.set_num_threads(args.threads)
     grid = json.loads(args.grid) if args.grid else DEFAULT_GRID
     int8_paths = dict(item.split("=", 1) for item in args.int8)
@@ -161,9 +201,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     text = table(result)
     out.with_suffix(".md").write_text(text + "\n")
-    from spacy_earlyexit.visualize.sweep_plot import plot_sweep
-
-    plot_sweep(result, out.with_suffix(".png"))
+    plot(result, out.with_suffix(".png"))
     print(f"{result['n_docs']} docs, {result['n_words']} words, torch threads {result['torch_threads']}")
     print(text)
     return result
