@@ -12,6 +12,7 @@
     annotate           annotate a JSONL or .spacy corpus, in this process or on Ray -> JSONL or .spacy
     render             an HTML page of a corpus's tokens shaded by the layer where they exited
     jemalloc-path      the installed jemalloc library, for LD_PRELOAD
+    quantize           PIPELINE OUTPUT: an int8 copy of a trained pipeline (inference only)
 
 One module per group of commands; each adds its parsers with `add_commands`.
 Each command prints what it did; see `python -m spacy_earlyexit <command> --help`.
@@ -20,9 +21,9 @@ import argparse
 import sys
 from typing import List, Optional
 
-from . import annotate, assets, tuning
+from . import annotate, assets, quantize, tuning
 
-GROUPS = (assets, tuning, annotate)
+GROUPS = (assets, tuning, annotate, quantize)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -157,7 +157,7 @@ class TokenOutputs:
     exit_layers: per doc [n_tokens] int, 1-based (0 where labels is -1).
     has_output: per doc [n_tokens] bool, whether the token has its own output
         (False: it took a neighbour's, e.g. whitespace).
-    costs: per doc (multiply-adds with early exit, at full depth).
+    costs: per doc (multiply-adds with early exit, at full depth, and on int8 encoders the int8 part).
     layer_logits: [L, N, C] float32 over all N tokens of the batch, in doc
         order (training only); layer_active: [L, N] bool, the token was still
         computed at that layer (training only).
@@ -172,7 +172,7 @@ class TokenOutputs:
     labels: List[numpy.ndarray]
     exit_layers: List[numpy.ndarray]
     has_output: List[numpy.ndarray]
-    costs: List[Tuple[float, float]]
+    costs: List[Tuple[float, ...]]
     layer_logits: Optional[numpy.ndarray] = None
     layer_active: Optional[numpy.ndarray] = None
     layer_labels: Optional[List[numpy.ndarray]] = None

@@ -9,6 +9,7 @@ call is stored on the model, so threads can share one pipeline. thinc's own
 `forward` (model.predict / begin_update) is the full-depth, plain-training
 case of the two.
 """
+import dataclasses
 from typing import Any, Callable, Dict, List, Optional, Tuple, cast
 
 import numpy
@@ -44,14 +45,18 @@ def EarlyExitTransformerModel(
     freeze_encoder: bool,
     span_batch_size: int,
     nO: Optional[int] = None,
+    precision: str = "float32",
 ) -> Model[List[Doc], TokenOutputs]:
-    """A thinc Model around an EarlyExitEncoder (weights loaded in init)."""
+    """A thinc Model around an EarlyExitEncoder (weights loaded in init).
+    precision: "float32", or "int8" (inference only; loaded from a pipeline
+    that `quantize` wrote)."""
     if span_batch_size < 1:
         raise ValueError(f"span_batch_size must be >= 1; got {span_batch_size}")
     if not 0.0 <= offramp_dropout < 1.0:
         raise ValueError(f"offramp_dropout must be in [0, 1); got {offramp_dropout}")
     shim = EarlyExitShim(
-        None, encoder_learn_rate_scale=encoder_learn_rate_scale, freeze_encoder=freeze_encoder
+        None, encoder_learn_rate_scale=encoder_learn_rate_scale, freeze_encoder=freeze_encoder,
+        precision=precision,
     )
     return Model(
         "early_exit_transformer",
@@ -66,6 +71,7 @@ def EarlyExitTransformerModel(
             "transformer_config": dict(transformer_config),
             "offramp_dropout": offramp_dropout,
             "span_batch_size": span_batch_size,
+            "precision": precision,
         },
     )
 
@@ -74,6 +80,12 @@ def init(model: Model, X: Optional[List[Doc]] = None, Y=None) -> Model:
     shim = cast(EarlyExitShim, model.shims[0])
     if shim._model is not None:
         return model
+    if shim.precision != "float32":
+        raise ValueError(
+            f"the earlyexit_tagger's precision is {shim.precision!r}: a {shim.precision} pipeline "
+            "cannot be initialized or trained. Train with precision \"float32\", then "
+            "quantize: python -m spacy_earlyexit quantize PIPELINE OUTPUT"
+        )
     n_classes = model.get_dim("nO") if model.has_dim("nO") else None
     if not n_classes:
         raise ValueError("the earlyexit_tagger has no labels: its output size is unknown")
@@ -147,7 +159,8 @@ def predict_docs(
                 word_label[chunk_words] = out.labels.cpu().numpy()
                 if word_layer_labels is not None and out.layer_logits is not None:
                     word_layer_labels[:, chunk_words] = out.layer_logits.argmax(dim=-1).cpu().numpy()
-    outputs, token_word = to_tokens(len(docs), doc_pieces, word_label, word_exit, encoder.shape)
+    shape = dataclasses.replace(encoder.shape, precision=shim.precision)
+    outputs, token_word = to_tokens(len(docs), doc_pieces, word_label, word_exit, shape)
     if word_layer_labels is not None:
         outputs.layer_labels = [borrowed(word_layer_labels, words, -1) for words in token_word]
     return outputs
@@ -163,6 +176,12 @@ def train_docs(
     self-sampling fine-tuning (exits simulated per span, then forced).
     """
     shim = cast(EarlyExitShim, model.shims[0])
+    if shim.precision != "float32":
+        raise ValueError(
+            f"this earlyexit_tagger runs in {shim.precision}: training it is not supported. "
+            "Train (or fine-tune) the float32 pipeline, then quantize it again with "
+            "python -m spacy_earlyexit quantize"
+        )
     encoder = shim.encoder
     encoder.train()
     for param in encoder.transformer.parameters():

@@ -16,6 +16,7 @@ from thinc.api import PyTorchShim, get_torch_default_device
 from thinc.util import torch2xp, xp2torch
 
 from ..model import EarlyExitEncoder
+from ..model.quantization import PRECISIONS, precision_of, quantize_layers
 from .loading import without_pooler
 
 ENCODER_PREFIX = "transformer."
@@ -41,8 +42,12 @@ class EarlyExitShim(PyTorchShim):
         tokenizer: Any = None,
         encoder_learn_rate_scale: float = 1.0,
         freeze_encoder: bool = False,
+        precision: str = "float32",
     ) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
         super().__init__(model)
+        self.precision = precision
         self.tokenizer = tokenizer
         self.encoder_learn_rate_scale = encoder_learn_rate_scale
         self.freeze_encoder = freeze_encoder
@@ -91,6 +96,7 @@ class EarlyExitShim(PyTorchShim):
             "hf_config": encoder.transformer.config.to_dict(),
             "n_classes": encoder.n_classes,
             "offramp_dropout": encoder.offramp_dropout,
+            "precision": precision_of(encoder.layers),
             "tokenizer": tokenizer_files,
             "weights": save_safetensors(state),
         }
@@ -131,6 +137,23 @@ class EarlyExitShim(PyTorchShim):
             raise ModelDataError(
                 f"the saved transformer config (model_type {model_type!r}) cannot be built: {error}"
             ) from error
+        saved_precision = msg.get("precision", "float32")
+        if saved_precision != self.precision:
+            hint = (
+                "make int8 pipelines with `python -m spacy_earlyexit quantize`, which also sets the config"
+                if self.precision == "int8" else
+                "set precision = \"int8\" in the component's model config (architecture "
+                "spacy_earlyexit.EarlyExitTransformer.v2), as `quantize` writes it"
+            )
+            raise ModelDataError(
+                f"the component's config sets precision {self.precision!r}, but the saved "
+                f"weights are {saved_precision!r}: {hint}"
+            )
+        if saved_precision == "int8":
+            try:
+                quantize_layers(encoder.layers, copy_weights=False)
+            except (ValueError, RuntimeError) as error:
+                raise ModelDataError(f"the int8 weights cannot be loaded: {error}") from error
         try:
             state = load_safetensors(msg["weights"])
         except Exception as error:  # noqa: BLE001

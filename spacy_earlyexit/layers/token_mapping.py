@@ -10,6 +10,7 @@ from typing import List, Tuple
 import numpy
 
 from ..model import EncoderShape, spans_cost
+from ..model.cost_model import spans_int8_cost
 from .data_classes import DocPieces, TokenOutputs
 
 
@@ -65,6 +66,11 @@ def to_tokens(
     span_costs, span_full = spans_cost(shape, word_pieces, word_offsets, other, word_exit)
     doc_cost = numpy.bincount(span_doc, weights=span_costs, minlength=n_docs)
     doc_full = numpy.bincount(span_doc, weights=span_full, minlength=n_docs)
+    costs: List[Tuple[float, ...]] = [(float(c), float(f)) for c, f in zip(doc_cost, doc_full)]
+    if shape.precision == "int8":
+        span_int8 = spans_int8_cost(shape, word_pieces, word_offsets, other, word_exit)
+        doc_int8 = numpy.bincount(span_doc, weights=span_int8, minlength=n_docs)
+        costs = [cost + (float(i),) for cost, i in zip(costs, doc_int8)]
     lengths = numpy.diff(doc_pieces.token_offsets)
     source = doc_pieces.token_sources
     own = source[:, 0] >= 0
@@ -84,7 +90,7 @@ def to_tokens(
         labels=numpy.split(labels, cuts) if n_docs else [],
         exit_layers=numpy.split(exits, cuts) if n_docs else [],
         has_output=numpy.split(own, cuts) if n_docs else [],
-        costs=[(float(c), float(f)) for c, f in zip(doc_cost, doc_full)],
+        costs=costs,
         lenders=numpy.split(lenders, cuts) if n_docs else [],
     )
     return outputs, (numpy.split(word, cuts) if n_docs else [])

@@ -17,6 +17,11 @@ compute every real piece of a running span at every layer: exits save
 only where whole spans have finished. Embedding lookups (word, position,
 token type) are no multiply-adds, so DistilBERT's missing token types
 change nothing.
+
+On an int8 encoder the linear layers' share (K/V, Q, attention output,
+feed-forward) runs in int8 and the rest (attention, off-ramps) in float32:
+spans_int8_cost gives the first part, so that the two are reported apart
+(int8 is for BERT-structured layers on the packed path).
 """
 from dataclasses import dataclass
 from typing import Sequence, Tuple, Union
@@ -44,6 +49,8 @@ class EncoderShape:
     gated_feed_forward: bool = False
     relative_positions: int = 0
     packed: bool = True
+    #: "float32" or "int8" (the linear layers' precision)
+    precision: str = "float32"
 
     def per_piece(self, total: Union[numpy.ndarray, float]) -> Union[numpy.ndarray, float]:
         """Multiply-adds per computed piece and layer in a span of `total`
@@ -137,3 +144,29 @@ def spans_cost(
     cost[empty] = 0.0
     full[empty] = 0.0
     return cost, full
+
+
+def spans_int8_cost(
+    shape: EncoderShape,
+    word_pieces: numpy.ndarray,
+    word_offsets: numpy.ndarray,
+    n_other_pieces: numpy.ndarray,
+    exit_layers: numpy.ndarray,
+) -> numpy.ndarray:
+    """The linear layers' share of spans_cost's cost with early exit
+    (multiply-adds that run in int8 on an int8 encoder; same arguments).
+    Returns [S]."""
+    pieces = numpy.asarray(word_pieces, dtype="float64")
+    exits = numpy.asarray(exit_layers, dtype="float64")
+    offsets = numpy.asarray(word_offsets, dtype="int64")
+    other = numpy.asarray(n_other_pieces, dtype="float64")
+    n_spans = len(offsets) - 1
+    d, d_ff = shape.hidden_size, shape.intermediate_size
+    span_of_word = numpy.repeat(numpy.arange(n_spans), numpy.diff(offsets))
+    total = numpy.bincount(span_of_word, weights=pieces, minlength=n_spans) + other
+    layers_run = numpy.zeros(n_spans)
+    numpy.maximum.at(layers_run, span_of_word, exits)
+    piece_layers = numpy.bincount(span_of_word, weights=pieces * exits, minlength=n_spans)
+    cost = layers_run * total * 2 * d * d + (piece_layers + other * layers_run) * (2 * d * d + 2 * d * d_ff)
+    cost[numpy.diff(offsets) == 0] = 0.0
+    return cost

@@ -86,9 +86,16 @@ class LayerParts:
         """attended: [N, d] -> [N, d] (feed-forward block, residual, norm)."""
         raise NotImplementedError
 
+    #: path of the feed-forward block's first linear layer (d -> d_ff)
+    intermediate: str = ""
+
+    def intermediate_linear(self, layer: HFModule) -> nn.Module:
+        """The feed-forward block's first linear layer (d -> d_ff)."""
+        return _path(layer, self.intermediate)
+
     def feed_forward_width(self, layer: HFModule) -> int:
         """d_ff, the width of the feed-forward block's intermediate."""
-        raise NotImplementedError
+        return int(self.intermediate_linear(layer).out_features)
 
     def is_packable(self, layer: HFModule) -> bool:
         return all(_path(layer, path) is not None for path in self.required)
@@ -101,6 +108,7 @@ class BertLayerParts(LayerParts):
 
     query, key, value = "attention.self.query", "attention.self.key", "attention.self.value"
     attention = "attention.self"
+    intermediate = "intermediate.dense"
     required = (
         "attention.self.query", "attention.self.key", "attention.self.value",
         "attention.output.dense", "attention.output.LayerNorm",
@@ -116,9 +124,6 @@ class BertLayerParts(LayerParts):
 
     def feed_forward(self, layer: HFModule, attended: torch.Tensor) -> torch.Tensor:
         return layer.output(layer.intermediate(attended), attended)
-
-    def feed_forward_width(self, layer: HFModule) -> int:
-        return int(layer.intermediate.dense.out_features)
 
     def is_packable(self, layer: HFModule) -> bool:
         """Absolute positions only; no decoder, no cross-attention."""
@@ -137,6 +142,7 @@ class DistilBertLayerParts(LayerParts):
 
     query, key, value = "attention.q_lin", "attention.k_lin", "attention.v_lin"
     attention = "attention"
+    intermediate = "ffn.lin1"
     required = (
         "attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin",
         "sa_layer_norm", "ffn.lin1", "ffn.lin2", "ffn.activation", "output_layer_norm",
@@ -152,9 +158,6 @@ class DistilBertLayerParts(LayerParts):
         # ff_chunk: lin1, activation, lin2, dropout (ffn.forward would chunk
         # along dim 1, the features of [N, d] rows)
         return layer.output_layer_norm(layer.ffn.ff_chunk(attended) + attended)
-
-    def feed_forward_width(self, layer: HFModule) -> int:
-        return int(layer.ffn.lin1.out_features)
 
     def is_packable(self, layer: HFModule) -> bool:
         return super().is_packable(layer) and not layer.attention.pruned_heads

@@ -228,7 +228,9 @@ def feed_forward(layer: HFLayer, attended: torch.Tensor, parts: Optional[LayerPa
     that of one call. Returns [N, d]."""
     parts = parts or BERT_PARTS
     n_rows = attended.shape[0]
-    block = max(1, FFN_BLOCK_FLOATS // parts.feed_forward_width(layer))
+    dense = parts.intermediate_linear(layer)
+    # an int8 layer names its own block size (quantization.Int8Linear)
+    block = getattr(dense, "ffn_block_rows", None) or max(1, FFN_BLOCK_FLOATS // int(dense.out_features))
     if n_rows <= block:
         return parts.feed_forward(layer, attended)
     return torch.cat([parts.feed_forward(layer, rows) for rows in attended.split(block)])

@@ -47,6 +47,38 @@ def EarlyExitTransformer_v1(
     )
 
 
+@registry.architectures("spacy_earlyexit.EarlyExitTransformer.v2")
+def EarlyExitTransformer_v2(
+    name: str,
+    get_spans: SpanGetter,
+    tokenizer_config: Dict[str, Any] = {},
+    transformer_config: Dict[str, Any] = {},
+    offramp_dropout: float = 0.1,
+    encoder_learn_rate_scale: float = 0.1,
+    freeze_encoder: bool = False,
+    span_batch_size: int = 64,
+    precision: str = "float32",
+    nO: Optional[int] = None,
+):
+    """EarlyExitTransformer.v1 plus precision: "float32", or "int8" (the
+    encoder's Q, K, V, attention output and feed-forward layers run in int8
+    with per-row dynamic activation scales; off-ramps stay float32). int8
+    pipelines are inference-only: `python -m spacy_earlyexit quantize`
+    makes one from a trained pipeline and sets this."""
+    return EarlyExitTransformerModel(
+        name=name,
+        get_spans=get_spans,
+        tokenizer_config=tokenizer_config,
+        transformer_config=transformer_config,
+        offramp_dropout=offramp_dropout,
+        encoder_learn_rate_scale=encoder_learn_rate_scale,
+        freeze_encoder=freeze_encoder,
+        span_batch_size=span_batch_size,
+        precision=precision,
+        nO=nO,
+    )
+
+
 @registry.misc("spacy_earlyexit.SelfSampling.v1")
 def make_self_sampling_v1(
     window_range: List[int] = [0, 2],

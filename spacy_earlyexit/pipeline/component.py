@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 
 import numpy
 from spacy import util
+from spacy.attrs import IS_SPACE
 from spacy.errors import Errors
 from spacy.language import Language
 from spacy.pipeline import TrainablePipe
@@ -184,7 +185,7 @@ class EarlyExitTagger(TrainablePipe):
             self._annotate(doc, labels, own, classes, self.cfg["overwrite"], lender)
 
     def _annotate(self, doc: Doc, labels, own, classes: List[str], overwrite: bool, lenders=None) -> None:
-        values = token_classes(self.task, [t.is_space for t in doc], labels, own, classes, lenders)
+        values = token_classes(self.task, doc.to_array(IS_SPACE).astype(bool).tolist(), labels, own, classes, lenders)
         self.task.annotate(doc, values, overwrite)
 
     # --- training ----------------------------------------------------------

@@ -37,14 +37,21 @@ def set_exit_layers(doc: Doc, exit_layers: List[int]) -> None:
         user_data[("._.", "exit_layer", char_offset, None)] = layer
 
 
-def exit_summary(exit_layers: List[int], cost: float, full_cost: float) -> Dict[str, Any]:
+def exit_summary(
+    exit_layers: List[int], cost: float, full_cost: float, int8_cost: Optional[float] = None
+) -> Dict[str, Any]:
     """Doc._.early_exit: mean exit layer and analytic speed-up of one doc.
 
     cost, full_cost: multiply-adds with early exit and at full depth.
+    int8_cost (int8 pipelines): the part of `cost` that ran in int8, given
+    as "int8_flops" (the float32 part is "flops" minus it).
     """
-    return {
+    summary = {
         "exit_layer_mean": sum(exit_layers) / len(exit_layers) if exit_layers else 0.0,
         "flops": cost,
         "flops_full": full_cost,
         "flops_speedup": full_cost / cost if cost > 0 else 1.0,
     }
+    if int8_cost is not None:
+        summary["int8_flops"] = int8_cost
+    return summary

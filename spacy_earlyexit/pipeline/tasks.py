@@ -12,6 +12,7 @@ import warnings
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import numpy
+from spacy.attrs import IDS as SPACY_ATTR_IDS
 from spacy.parts_of_speech import IDS as POS_IDS
 from spacy.scorer import Scorer, get_ner_prf
 from spacy.tokens import Doc, Span
@@ -22,16 +23,26 @@ import catalogue
 TASKS = catalogue.create("spacy_earlyexit", "tasks", entry_points=True)
 
 
+#: tasks already looked up: TASKS.get_all() reads every installed package's
+#: entry points (milliseconds), and the component asks for its task per doc
+_FOUND: Dict[str, "Task"] = {}
+
+
 def register_task(task: "Task") -> "Task":
     """Make a task available under task.name (used by the factory's `task`)."""
     TASKS.register(task.name, func=task)
+    _FOUND.pop(task.name, None)
     return task
 
 
 def get_task(name: str) -> "Task":
+    task = _FOUND.get(name)
+    if task is not None:
+        return task
     known = TASKS.get_all()
     if name not in known:
         raise ValueError(f"unknown task {name!r}; choose one of: {', '.join(sorted(known))}")
+    _FOUND[name] = known[name]
     return known[name]
 
 
@@ -161,12 +172,29 @@ class TokenAttributeTask(Task):
         return [value if value else None for value in aligned]
 
     def annotate(self, doc: Doc, classes: Sequence[Optional[str]], overwrite: bool) -> None:
-        name = f"{self.attr}_"
-        for token, value in zip(doc, classes):
-            if value is None:
-                continue
-            if overwrite or not getattr(token, name):
-                setattr(token, name, value)
+        """Write the classes in one doc.from_array call (the per-token
+        setattr of token.pos_ / tag_ cost more than the rest of annotation);
+        without overwrite, tokens that already have a value keep it."""
+        if len(classes) != len(doc):
+            raise ValueError(f"{len(classes)} classes for a doc of {len(doc)} tokens")
+        if not len(doc):
+            return
+        attr_id = SPACY_ATTR_IDS[self.annotation_attr]
+        current = doc.to_array(attr_id)
+        values = numpy.fromiter(
+            (0 if value is None else self.attribute_value(doc, value) for value in classes),
+            dtype="uint64", count=len(classes),
+        )
+        keep = values == 0
+        if not overwrite:
+            keep |= current != 0
+        if bool(keep.all()):
+            return
+        doc.from_array([attr_id], numpy.where(keep, current, values).reshape(-1, 1))
+
+    def attribute_value(self, doc: Doc, value: str) -> int:
+        """The integer that doc.from_array stores for a class (its string id)."""
+        return doc.vocab.strings.add(value)
 
     def score(self, examples: Iterable[Example], **kwargs) -> Dict[str, object]:
         return Scorer.score_token_attr(examples, self.attr, **kwargs)
@@ -201,6 +229,9 @@ class PosTask(TokenAttributeTask):
     unknown_class = "X"
     annotation = "Universal POS tags (token.pos_)"
     annotation_attr = "POS"
+
+    def attribute_value(self, doc: Doc, value: str) -> int:
+        return POS_IDS[value]
 
     def validate_labels(self, labels: Iterable[str]) -> None:
         invalid = sorted(label for label in labels if label not in POS_IDS or not label)
