@@ -89,7 +89,7 @@ class LayerParts:
     #: path of the feed-forward block's first linear layer (d -> d_ff)
     intermediate: str = ""
 
-    def intermediate_linear(self, layer: HFModule) -> nn.Module:
+    def intermediate_linear(self, layer: HFModule) -> Any:
         """The feed-forward block's first linear layer (d -> d_ff)."""
         return _path(layer, self.intermediate)
 

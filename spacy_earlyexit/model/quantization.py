@@ -72,6 +72,10 @@ class Int8Linear(nn.Module):
     #: (read by packed_layer.feed_forward)
     ffn_block_rows = INT8_FFN_BLOCK_ROWS
 
+    weight_int8: torch.Tensor
+    weight_scale: torch.Tensor
+    bias: torch.Tensor
+
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__()
         check_int8_support()
@@ -177,7 +181,10 @@ def quantize_layers(layers: nn.ModuleList, copy_weights: bool = True) -> int:
 
 def precision_of(layers: nn.ModuleList) -> str:
     """"int8" when every linear layer of INT8_LINEAR_PATHS is an Int8Linear,
-    "float32" when none is; a mixture is an error."""
+    "float32" when none is (or the layers are not BERT-structured: no int8
+    for them); a mixture is an error."""
+    if not any(isinstance(module, Int8Linear) for module in layers.modules()):
+        return "float32"
     kinds = {isinstance(module, Int8Linear) for _, _, module in quantizable_linears(layers)}
     if kinds == {True}:
         return "int8"
