@@ -117,14 +117,15 @@ def live_tensors() -> int:
 
 
 class GradRecorder:
-    """A forward hook counting encoder calls with autograd enabled or with
-    outputs that require grad (the output is a dataclass of tensors)."""
+    """Forward hooks on the encoder's off-ramps (every layer of every
+    inference path calls them) counting calls with autograd enabled or with
+    outputs that require grad."""
 
-    def __init__(self, module: torch.nn.Module) -> None:
+    def __init__(self, encoder: torch.nn.Module) -> None:
         self.calls = 0
         self.grad_enabled = 0
         self.requires_grad = 0
-        self.handle = module.register_forward_hook(self.record)
+        self.handles = [ramp.register_forward_hook(self.record) for ramp in encoder.offramps]
 
     def record(self, _module, _inputs, output) -> None:
         self.calls += 1
@@ -240,7 +241,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             libc.malloc_trim(0)  # after sampling: samples see the memory held since the last trim
     gc.collect()
     tensors["end"] = live_tensors()
-    recorder.handle.remove()
+    for handle in recorder.handles:
+        handle.remove()
 
     warm = [s for s in samples if s["docs"] <= args.warmup]
     peak_warmup = max(s["rss_mb"] for s in warm)
