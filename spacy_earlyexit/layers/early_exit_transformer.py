@@ -44,14 +44,22 @@ def EarlyExitTransformerModel(
     freeze_encoder: bool,
     span_batch_size: int,
     nO: Optional[int] = None,
+    freeze_embeddings: bool = False,
+    layer_lr_decay: float = 1.0,
 ) -> Model[List[Doc], TokenOutputs]:
     """A thinc Model around an EarlyExitEncoder (weights loaded in init)."""
     if span_batch_size < 1:
         raise ValueError(f"span_batch_size must be >= 1; got {span_batch_size}")
     if not 0.0 <= offramp_dropout < 1.0:
         raise ValueError(f"offramp_dropout must be in [0, 1); got {offramp_dropout}")
+    if not 0.0 < layer_lr_decay <= 1.0:
+        raise ValueError(f"layer_lr_decay must be in (0, 1]; got {layer_lr_decay}")
     shim = EarlyExitShim(
-        None, encoder_learn_rate_scale=encoder_learn_rate_scale, freeze_encoder=freeze_encoder
+        None,
+        encoder_learn_rate_scale=encoder_learn_rate_scale,
+        freeze_encoder=freeze_encoder,
+        freeze_embeddings=freeze_embeddings,
+        layer_lr_decay=layer_lr_decay,
     )
     return Model(
         "early_exit_transformer",
@@ -165,8 +173,7 @@ def train_docs(
     shim = cast(EarlyExitShim, model.shims[0])
     encoder = shim.encoder
     encoder.train()
-    for param in encoder.transformer.parameters():
-        param.requires_grad_(not shim.freeze_encoder)
+    shim.set_trainable()
     doc_pieces, pad_id = _tokenize(model, docs)
     n_spans, n_words = doc_pieces.n_spans, doc_pieces.n_words
     n_layers, n_classes = encoder.n_layers, encoder.n_classes
