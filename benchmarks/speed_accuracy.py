@@ -8,6 +8,8 @@ tagger with a TransformerListener) on the same backbone timed alongside as a
 throughput reference.
 
     python benchmarks/speed_accuracy.py PIPELINE DEV.spacy --out benchmarks/results/pos_ewt
+    # another trained pipeline (e.g. a 6-layer one at full depth) timed alongside:
+    python benchmarks/speed_accuracy.py PIPELINE DEV.spacy --reference-pipeline minilm=OTHER_PIPELINE
 """
 import argparse
 import json
@@ -83,6 +85,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--limit", type=int, default=0, help="use only the first N docs")
     parser.add_argument("--grid", default=None, help="JSON list of settings (default: built-in grid)")
     parser.add_argument("--reference-backbone", default=None, help="also time spacy-transformers on this backbone")
+    parser.add_argument("--reference-pipeline", action="append", default=[], metavar="NAME=PATH",
+                        help="also time this trained pipeline at its saved setting (repeatable)")
     parser.add_argument("--reference-repetitions", type=int, default=0,
                         help="time the reference in only the first N repetitions (0: all)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -98,6 +102,11 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         gold_docs = list(DocBin().from_disk(args.dev).get_docs(nlp.vocab))
         labels = sorted({t.tag_ for d in gold_docs for t in d} - {""})
         references["spacy-transformers"] = build_reference(args.reference_backbone, labels, nlp.vocab)
+    for item in args.reference_pipeline:
+        name, _, path = item.partition("=")
+        if not path:
+            raise SystemExit(f"--reference-pipeline takes NAME=PATH; got {item!r}")
+        references[name] = spacy.load(path)
     grid = json.loads(args.grid) if args.grid else DEFAULT_GRID
     result = run_sweep(
         {"pipeline": nlp}, args.dev, grid, repetitions=args.repetitions, batch_size=args.batch_size,

@@ -46,6 +46,8 @@ def EarlyExitTransformerModel(
     span_batch_size: int,
     nO: Optional[int] = None,
     precision: str = "float32",
+    freeze_embeddings: bool = False,
+    layer_lr_decay: float = 1.0,
 ) -> Model[List[Doc], TokenOutputs]:
     """A thinc Model around an EarlyExitEncoder (weights loaded in init).
     precision: "float32", or "int8" (inference only; loaded from a pipeline
@@ -54,9 +56,15 @@ def EarlyExitTransformerModel(
         raise ValueError(f"span_batch_size must be >= 1; got {span_batch_size}")
     if not 0.0 <= offramp_dropout < 1.0:
         raise ValueError(f"offramp_dropout must be in [0, 1); got {offramp_dropout}")
+    if not 0.0 < layer_lr_decay <= 1.0:
+        raise ValueError(f"layer_lr_decay must be in (0, 1]; got {layer_lr_decay}")
     shim = EarlyExitShim(
-        None, encoder_learn_rate_scale=encoder_learn_rate_scale, freeze_encoder=freeze_encoder,
+        None,
+        encoder_learn_rate_scale=encoder_learn_rate_scale,
+        freeze_encoder=freeze_encoder,
         precision=precision,
+        freeze_embeddings=freeze_embeddings,
+        layer_lr_decay=layer_lr_decay,
     )
     return Model(
         "early_exit_transformer",
@@ -184,8 +192,7 @@ def train_docs(
         )
     encoder = shim.encoder
     encoder.train()
-    for param in encoder.transformer.parameters():
-        param.requires_grad_(not shim.freeze_encoder)
+    shim.set_trainable()
     doc_pieces, pad_id = _tokenize(model, docs)
     n_spans, n_words = doc_pieces.n_spans, doc_pieces.n_words
     n_layers, n_classes = encoder.n_layers, encoder.n_classes

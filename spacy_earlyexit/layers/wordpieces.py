@@ -13,8 +13,12 @@ characters and the one after it; a later token overrides), computed for the
 whole batch at once in flat arrays instead of span by span: a piece is owned
 by the first token it overlaps, and a token that owns no piece (whitespace,
 characters the tokenizer drops, a piece already owned by its neighbour) is
-no word of the encoder. The project's tests check this against
-spacy-transformers' function on every span.
+no word of the encoder. Whitespace characters belong to no token: a
+SentencePiece piece that starts with the metaspace (`▁world`, offsets
+covering the space before the word) is owned by its word, not by the token
+before the space. The project's tests check this against spacy-transformers'
+function on every span (with piece offsets trimmed of whitespace, as Hugging
+Face's `trim_offsets` does for byte-level BPE).
 """
 from dataclasses import dataclass
 from itertools import chain
@@ -26,6 +30,17 @@ from spacy.attrs import IDX, LENGTH
 from spacy.tokens import Doc, Span
 
 from .data_classes import DocPieces, SpanGetter, segment_offsets, segment_positions
+
+#: code points that str.isspace() calls whitespace (all below U+3001)
+WHITESPACE_CODE_POINTS = numpy.asarray([c for c in range(0x3001) if chr(c).isspace()], dtype="int64")
+
+
+def whitespace_mask(texts: Sequence[str], separator_after_each: bool = True) -> numpy.ndarray:
+    """[sum(len(text) + 1)] bool: which characters of `texts`, laid end to end
+    with one extra (non-whitespace) position after each text, are whitespace."""
+    joined = "\x00".join(texts) + ("\x00" if texts and separator_after_each else "")
+    codes = numpy.frombuffer(joined.encode("utf-32-le"), dtype="<u4").astype("int64")
+    return numpy.isin(codes, WHITESPACE_CODE_POINTS)
 
 
 def max_pieces_of(tokenizer, config) -> int:
@@ -79,14 +94,14 @@ def tokenize_docs(
         if doc_index not in texts:
             texts[doc_index] = docs[doc_index].text
     kept: List[Tuple[int, Span]] = []
+    kept_texts: List[str] = []
     kept_ids: List[List[int]] = []
     kept_offsets: List[List[Tuple[int, int]]] = []
     while pending:
-        all_ids, all_offsets = encode_texts(
-            tokenizer, [texts[d][span.start_char : span.end_char] for d, span in pending]
-        )
+        span_texts = [texts[d][span.start_char : span.end_char] for d, span in pending]
+        all_ids, all_offsets = encode_texts(tokenizer, span_texts)
         too_long: List[Tuple[int, Span]] = []
-        for (doc_index, span), ids, offsets in zip(pending, all_ids, all_offsets):
+        for (doc_index, span), span_text, ids, offsets in zip(pending, span_texts, all_ids, all_offsets):
             if len(ids) > max_pieces and len(span) > 1:
                 middle = len(span) // 2
                 too_long.append((doc_index, span[:middle]))
@@ -96,15 +111,17 @@ def tokenize_docs(
                 ids = list(ids[: max_pieces - 1]) + [ids[-1]]
                 offsets = list(offsets[: max_pieces - 1]) + [(0, 0)]
             kept.append((doc_index, span))
+            kept_texts.append(span_text)
             kept_ids.append(ids)
             kept_offsets.append(offsets)
         pending = too_long
-    return _align(docs, kept, kept_ids, kept_offsets)
+    return _align(docs, kept, kept_texts, kept_ids, kept_offsets)
 
 
 def _align(
     docs: Sequence[Doc],
     spans: List[Tuple[int, Span]],
+    span_texts: List[str],
     ids: List[List[int]],
     offsets: List[List[Tuple[int, int]]],
 ) -> DocPieces:
@@ -113,7 +130,8 @@ def _align(
     The characters of all span texts are laid end to end, each span's text
     followed by one extra position (a token covers its characters and the one
     after it, as in spacy-transformers); the token of a character is the last
-    token starting at or before it, if it reaches that far.
+    token starting at or before it, if it reaches that far, and no token if
+    the character is whitespace.
     """
     n_spans = len(spans)
     span_doc = numpy.asarray([d for d, _ in spans], dtype="int64")
@@ -150,8 +168,9 @@ def _align(
     chars = numpy.repeat(char_base[piece_span] + low, n_chars) + segment_positions(n_chars)
     char_token = numpy.searchsorted(token_first, chars, side="right") - 1
     reaches = token_last[numpy.maximum(char_token, 0)] >= chars
+    visible = ~whitespace_mask(span_texts)[chars] if len(chars) else numpy.zeros(0, dtype=bool)
     none = len(token_first)  # larger than every token index
-    char_token = numpy.where((char_token >= 0) & reaches, char_token, none)
+    char_token = numpy.where((char_token >= 0) & reaches & visible, char_token, none)
     # a piece belongs to the first token it overlaps
     piece_owner = numpy.full(len(input_ids), none, dtype="int64")
     with_chars = n_chars > 0

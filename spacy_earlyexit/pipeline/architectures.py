@@ -56,15 +56,27 @@ def EarlyExitTransformer_v2(
     offramp_dropout: float = 0.1,
     encoder_learn_rate_scale: float = 0.1,
     freeze_encoder: bool = False,
+    freeze_embeddings: bool = False,
+    layer_lr_decay: float = 1.0,
     span_batch_size: int = 64,
     precision: str = "float32",
     nO: Optional[int] = None,
 ):
-    """EarlyExitTransformer.v1 plus precision: "float32", or "int8" (the
-    encoder's Q, K, V, attention output and feed-forward layers run in int8
-    with per-row dynamic activation scales; off-ramps stay float32). int8
-    pipelines are inference-only: `python -m spacy_earlyexit quantize`
-    makes one from a trained pipeline and sets this."""
+    """EarlyExitTransformer.v1 plus:
+
+    freeze_embeddings: keep the word-embedding matrix fixed (it gets no
+        gradient; position/type embeddings and their LayerNorm still train):
+        for large-vocabulary encoders (multilingual-e5-small: 250k pieces).
+    layer_lr_decay: in (0, 1]; encoder layer i of L (1-based) trains at the
+        encoder rate x layer_lr_decay^(L - i), the embeddings at x decay^L
+        (1.0: one rate for the whole encoder, as v1).
+    precision: "float32", or "int8" (the encoder's Q, K, V, attention output
+        and feed-forward layers run in int8 with per-row dynamic activation
+        scales; off-ramps stay float32). int8 pipelines are inference-only:
+        `python -m spacy_earlyexit quantize` makes one from a trained
+        pipeline and sets this.
+    The other arguments are those of v1.
+    """
     return EarlyExitTransformerModel(
         name=name,
         get_spans=get_spans,
@@ -76,6 +88,8 @@ def EarlyExitTransformer_v2(
         span_batch_size=span_batch_size,
         precision=precision,
         nO=nO,
+        freeze_embeddings=freeze_embeddings,
+        layer_lr_decay=layer_lr_decay,
     )
 
 

@@ -4,20 +4,22 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..model import EXIT_MODES
 
-LaterFactor = Union[float, Tuple[float, float]]
+LaterFactor = Union[float, Tuple[float, ...]]
 
 
 def parse_later_factors(text: str) -> List[LaterFactor]:
-    """"1,4,4/16" -> [1.0, 4.0, (4.0, 16.0)] (see build_grid)."""
+    """"1,4,4/16,2/4/8" -> [1.0, 4.0, (4.0, 16.0), (2.0, 4.0, 8.0)] (see build_grid)."""
     factors: List[LaterFactor] = []
     for item in (part.strip() for part in text.split(",")):
         if not item:
             continue
-        second, _, third = item.partition("/")
         try:
-            factors.append((float(second), float(third)) if third else float(second))
+            values = tuple(float(value) for value in item.split("/"))
         except ValueError:
-            raise ValueError(f"later-layer factors are numbers f or pairs a/b; got {item!r}") from None
+            raise ValueError(
+                f"later-layer factors are numbers f or pairs a/b (or longer sequences a/b/c); got {item!r}"
+            ) from None
+        factors.append(values if len(values) > 1 else values[0])
     return factors
 
 
@@ -37,25 +39,30 @@ def build_grid(
         reliable than the rest then exits only its surest tokens); a pair
         (a, b) gives [1, a, b, ..., b] (layer 2 at a times, layers 3 and up at
         b times the first layer's threshold, for encoders whose off-ramps
-        from layer 3 on are as good as the last). Needs n_layers, the
-        encoder's depth (>= 3 for a pair).
+        from layer 3 on are as good as the last); a longer sequence
+        (a, b, c, ...) gives the factors of layers 2, 3, 4, ... and repeats
+        its last one (deep encoders, e.g. 12 layers: [1, 1, 2, 4, 8] raises
+        the threshold over the first few layers). Needs n_layers, the
+        encoder's depth (>= 1 + the sequence's length).
     """
     unknown = sorted(set(modes) - set(EXIT_MODES))
     if unknown:
         raise ValueError(f"unknown exit mode(s) {', '.join(unknown)}; known: {', '.join(EXIT_MODES)}")
     schedules: List[Optional[List[float]]] = []
     for factor in later_factors:
-        second, third = factor if isinstance(factor, tuple) else (factor, factor)
-        if float(second) == 1.0 and float(third) == 1.0:
+        values = [float(v) for v in (factor if isinstance(factor, tuple) else (factor,))]
+        while len(values) > 1 and values[-1] == values[-2]:
+            values.pop()  # a repeated last factor changes nothing
+        if values == [1.0]:
             schedules.append(None)
             continue
-        needed = 2 if second == third else 3
+        needed = 1 + len(values)
         if n_layers is None or n_layers < needed:
             raise ValueError(
-                f"later-layer factor {schedule_label([1.0, float(second), float(third)])} needs the "
+                f"later-layer factor {schedule_label([1.0] + values)} needs the "
                 f"encoder's number of layers (>= {needed})"
             )
-        schedules.append([1.0, float(second)] + [float(third)] * (n_layers - 2))
+        schedules.append([1.0] + values + [values[-1]] * (n_layers - needed))
     grid: List[Dict[str, Any]] = [{"exit_mode": "off"}]
     for mode in modes:
         for threshold in thresholds:
@@ -74,13 +81,14 @@ def build_grid(
 
 
 def schedule_label(multipliers: Sequence[float]) -> str:
-    """"4" for [1, 4, 4, ...], "4/16" for [1, 4, 16, 16, ...], else the list."""
+    """"4" for [1, 4, 4, ...], "4/16" for [1, 4, 16, 16, ...], "1/2/4" for
+    [1, 1, 2, 4, 4, ...] (the factors from layer 2 on, the last repeated),
+    else the list."""
     if multipliers and multipliers[0] == 1.0 and len(multipliers) >= 2:
-        rest = set(multipliers[2:])
-        if not rest or rest == {multipliers[1]}:
-            return f"{multipliers[1]:g}"
-        if len(rest) == 1:
-            return f"{multipliers[1]:g}/{rest.pop():g}"
+        values = list(multipliers[1:])
+        while len(values) > 1 and values[-1] == values[-2]:
+            values.pop()
+        return "/".join(f"{m:g}" for m in values)
     return ",".join(f"{m:g}" for m in multipliers)
 
 

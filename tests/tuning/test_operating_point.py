@@ -213,3 +213,15 @@ def test_sweep_on_slices_scores_the_same_as_on_whole_batches(tiny_bert, tmp_path
         for key in ("score", "exit_layer_mean", "flops_speedup"):
             assert a[key] == pytest.approx(b[key])
         assert len(b["seconds"]) == 2 and all(s > 0 for s in b["seconds"])
+
+
+def test_sweep_grid_with_longer_schedules_for_deep_encoders():
+    """a/b/c: factors of layers 2, 3, 4, the last repeated up to the depth."""
+    from spacy_earlyexit.tuning.sweep import build_grid, parse_later_factors, setting_name
+
+    assert parse_later_factors("1/2/4/8") == [(1.0, 2.0, 4.0, 8.0)]
+    grid = build_grid(["token"], [0.05], [1], later_factors=parse_later_factors("1/2/4/8"), n_layers=12)
+    assert grid[1]["threshold_multipliers"] == [1.0, 1.0, 2.0, 4.0] + [8.0] * 8
+    assert setting_name(grid[1]) == "token t=0.05 k=1 m=1/2/4/8"
+    with pytest.raises(ValueError, match=">= 5"):
+        build_grid(["token"], [0.1], [0], later_factors=[(1.0, 2.0, 4.0, 8.0)], n_layers=4)
