@@ -38,3 +38,21 @@ warmup_share = 0.2
 def test_missing_corpus_is_named(tmp_path) -> None:
     with pytest.raises(ValueError, match="no training corpus"):
         corpus_words(tmp_path / "nothing.spacy")
+
+
+def test_fixed_steps_override_the_corpus() -> None:
+    config = Config().from_str("""
+[schedule]
+@schedules = "spacy_earlyexit.warmup_linear_epochs.v1"
+corpus = null
+epochs = 0
+words_per_batch = 12
+initial_rate = 1.0
+total_steps = 8
+warmup_steps = 3
+""")
+    rates = list(itertools.islice(registry.resolve(config)["schedule"], 10))
+    assert rates == pytest.approx(list(itertools.islice(warmup_linear(1.0, 3, 8), 10)))
+    config["schedule"]["total_steps"] = 0
+    with pytest.raises(ValueError, match="max_epochs"):
+        registry.resolve(config)
