@@ -94,9 +94,9 @@ def add_commands(commands: "argparse._SubParsersAction") -> None:
     sweep.add_argument("--later-factors", default="1",
                        help="threshold schedules: f = x f for layers 2 and up, a/b = x a at layer 2 "
                             "and x b from layer 3 on (1: one threshold; e.g. 1,4,4/16)")
-    sweep.add_argument("--entity-margins", default="-",
-                       help="token mode: '-' plain TOKEE, m the entity rule (entity_exit) with margin m; "
-                            "e.g. -,1 compares both")
+    sweep.add_argument("--entity-margins", default="off",
+                       help="token mode: 'off' plain TOKEE, m the entity rule (entity_exit) with margin m; "
+                            "e.g. off,1 compares both")
     sweep.add_argument("--entity-scales", default="1",
                        help="entity_threshold_scale values of the entity rule (e.g. 1,0.5)")
     sweep.add_argument("--repetitions", type=int, default=3)

@@ -88,21 +88,21 @@ def entity_setting(variant: Optional[Tuple[int, float]]) -> Dict[str, Any]:
 
 
 def parse_entity_variants(margins: str, scales: str = "1") -> List[Optional[Tuple[int, float]]]:
-    """"-,1,2" and "1,0.5" -> [None, (1, 1.0), (1, 0.5), (2, 1.0), (2, 0.5)]:
-    "-" is plain TOKEE, a number the entity rule with that margin (each
+    """"off,1,2" and "1,0.5" -> [None, (1, 1.0), (1, 0.5), (2, 1.0), (2, 0.5)]:
+    "off" is plain TOKEE, a number the entity rule with that margin (each
     with every scale)."""
     variants: List[Optional[Tuple[int, float]]] = []
     scale_values = [float(v) for v in scales.split(",") if v.strip()] or [1.0]
     for item in (part.strip() for part in margins.split(",")):
         if not item:
             continue
-        if item == "-":
+        if item == "off":
             variants.append(None)
             continue
         try:
             margin = int(item)
         except ValueError:
-            raise ValueError(f"entity margins are '-' (plain TOKEE) or integers >= 0; got {item!r}") from None
+            raise ValueError(f"entity margins are 'off' (plain TOKEE) or integers >= 0; got {item!r}") from None
         variants.extend((margin, scale) for scale in scale_values)
     return variants
 

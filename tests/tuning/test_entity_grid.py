@@ -4,7 +4,7 @@ from spacy_earlyexit.tuning.sweep import markdown_table, per_type_scores, per_ty
 
 
 def test_entity_variants_in_the_grid() -> None:
-    variants = parse_entity_variants("-,1,2", "1,0.5")
+    variants = parse_entity_variants("off,1,2", "1,0.5")
     assert variants == [None, (1, 1.0), (1, 0.5), (2, 1.0), (2, 0.5)]
     grid = build_grid(["sentence", "token"], [0.1], [0, 1], entity_variants=[None, (1, 1.0)])
     names = [setting_name(s) for s in grid]
