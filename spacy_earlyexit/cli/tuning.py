@@ -10,7 +10,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     import spacy
     import torch
 
-    from ..tuning.sweep import build_grid, markdown_table, parse_later_factors, run_sweep, write_results
+    from ..tuning.grid import parse_entity_variants
+    from ..tuning.sweep import build_grid, markdown_table, parse_later_factors, per_type_table, run_sweep, write_results
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -26,6 +27,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     grid = build_grid(
         words(args.modes), floats(args.thresholds), ints(args.windows),
         later_factors=parse_later_factors(args.later_factors), n_layers=min(depths) if len(depths) == 1 else None,
+        entity_variants=parse_entity_variants(args.entity_margins, args.entity_scales),
     )
     result = run_sweep(
         pipelines, args.dev, grid,
@@ -38,6 +40,9 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     print(f"\n{result['n_docs']} docs, {result['n_words']} words, {result['repetitions']} repetitions, "
           f"torch threads {result['torch_threads']}\n")
     print(markdown_table(result))
+    types = per_type_table(result)
+    if types:
+        print("\nEntity F per type (Δ vs off):\n\n" + types)
     print(f"\nwritten: {', '.join(str(p) for p in written.values())}")
 
 
@@ -63,6 +68,14 @@ def cmd_choose(args: argparse.Namespace) -> None:
     print(f"chosen: {row['name']} ({result['score_key']} {row['score']:.4f} vs off {base:.4f}, "
           f"FLOPs speed-up {row['flops_speedup']:.2f}x, wall speed-up "
           f"{row.get('wall_speedup') or float('nan'):.2f}x, mean exit layer {row['exit_layer_mean']:.2f})")
+    per_type = row.get("per_type")
+    if per_type:
+        off_types = next((r.get("per_type") or {} for r in rows if r["setting"] is not None
+                          and r["setting"]["exit_mode"] == "off" and r["model"] == row["model"]), {})
+        print("entity F per type (vs off): " + ", ".join(
+            f"{label} {value * 100:.1f} ({(value - off_types.get(label, value)) * 100:+.1f})"
+            for label, value in per_type.items()
+        ))
     print(f"saved {args.pipeline} with exit setting {row['setting']} -> {output}")
     if args.record:
         record = Path(args.record)
@@ -81,6 +94,11 @@ def add_commands(commands: "argparse._SubParsersAction") -> None:
     sweep.add_argument("--later-factors", default="1",
                        help="threshold schedules: f = x f for layers 2 and up, a/b = x a at layer 2 "
                             "and x b from layer 3 on (1: one threshold; e.g. 1,4,4/16)")
+    sweep.add_argument("--entity-margins", default="off",
+                       help="token mode: 'off' plain TOKEE, m the entity rule (entity_exit) with margin m; "
+                            "e.g. off,1 compares both")
+    sweep.add_argument("--entity-scales", default="1",
+                       help="entity_threshold_scale values of the entity rule (e.g. 1,0.5)")
     sweep.add_argument("--repetitions", type=int, default=3)
     sweep.add_argument("--batch-size", type=int, default=1024)
     sweep.add_argument("--limit", type=int, default=0, help="use only the first N dev docs (0: all)")

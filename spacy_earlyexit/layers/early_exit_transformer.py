@@ -10,7 +10,7 @@ call is stored on the model, so threads can share one pipeline. thinc's own
 case of the two.
 """
 import dataclasses
-from typing import Any, Callable, Dict, List, Optional, Tuple, cast
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, cast
 
 import numpy
 import torch
@@ -141,12 +141,18 @@ def _tokenize(model: Model, docs: List[Doc]) -> Tuple[DocPieces, int]:
 
 
 def predict_docs(
-    model: Model, docs: List[Doc], settings: ExitSettings, record_layer_labels: bool = False
+    model: Model,
+    docs: List[Doc],
+    settings: ExitSettings,
+    record_layer_labels: bool = False,
+    entity_classes: Optional[Sequence[bool]] = None,
 ) -> TokenOutputs:
     """Label `docs` with early exit under `settings` (no gradients).
 
     record_layer_labels: also give every off-ramp's labels (outputs.layer_labels;
     meant for settings at full depth, where every layer sees every word).
+    entity_classes: per class, whether it is inside an entity (the task's
+    Task.entity_classes; needed by settings.entity_exit).
     """
     shim = cast(EarlyExitShim, model.shims[0])
     encoder = shim.encoder
@@ -156,11 +162,14 @@ def predict_docs(
     word_exit = numpy.zeros(n_words, dtype="int64")
     word_label = numpy.zeros(n_words, dtype="int64")
     word_layer_labels = numpy.zeros((encoder.n_layers, n_words), dtype="int64") if record_layer_labels else None
+    entity_flags = None if entity_classes is None else torch.tensor(list(entity_classes), dtype=torch.bool)
     with torch.no_grad():
         batch_size = model.attrs["span_batch_size"]
         for wave in _waves(doc_pieces, batch_size, batch_size * PIECES_PER_SPAN):
             batches = [doc_pieces.encoder_batch(chunk, pad_id).to(shim.device) for chunk in wave]
-            outs = encoder.forward_batches(batches, settings, return_layer_logits=record_layer_labels)
+            outs = encoder.forward_batches(
+                batches, settings, return_layer_logits=record_layer_labels, entity_classes=entity_flags
+            )
             for chunk, out in zip(wave, outs):
                 chunk_words = doc_pieces.words_of(chunk)
                 word_exit[chunk_words] = out.exit_layer.cpu().numpy()
@@ -175,13 +184,17 @@ def predict_docs(
 
 
 def train_docs(
-    model: Model, docs: List[Doc], self_sampling: Optional[SelfSampling] = None
+    model: Model,
+    docs: List[Doc],
+    self_sampling: Optional[SelfSampling] = None,
+    entity_classes: Optional[Sequence[bool]] = None,
 ) -> Tuple[TokenOutputs, Callable[[numpy.ndarray], List[Doc]]]:
     """A training forward pass: every layer's logits of every token, and the
     backward pass taking d(layer_logits) [L, N, C].
 
     self_sampling: None (joint training at full depth) or the settings of
     self-sampling fine-tuning (exits simulated per span, then forced).
+    entity_classes: as in predict_docs (self_sampling.entity_exit needs it).
     """
     shim = cast(EarlyExitShim, model.shims[0])
     if shim.precision != "float32":
@@ -207,9 +220,13 @@ def train_docs(
             stage1_logits = None
             if self_sampling.needs_reference:
                 stage1_logits = _reference_predictions(shim, encoder).layer_logits(batch)
+            entity_flags = None  # only the entity rule reads them
+            if self_sampling.entity_exit and entity_classes is not None:
+                entity_flags = torch.tensor(list(entity_classes), dtype=torch.bool)
             forced = sample_exit_layers(
                 encoder, batch, self_sampling,
                 layer_logits=stage1_logits if self_sampling.uncertainty_source == "stage1" else None,
+                entity_classes=entity_flags,
             )
             if self_sampling.flooding > 0.0 and stage1_logits is not None:
                 reference_words = stage1_logits.cpu().numpy()

@@ -181,10 +181,13 @@ class EarlyExitEncoder(nn.Module):
         forced_exit_layer: Optional[torch.Tensor] = None,
         return_layer_logits: bool = False,
         output_hidden_states: bool = False,
+        entity_classes: Optional[torch.Tensor] = None,
     ) -> EncoderOutput:
         """Run the encoder with early exit.
 
         settings: the exit rule (None: full depth).
+        entity_classes: [C] bool, the classes inside an entity (needed by
+            the entity exit rule, settings.entity_exit; the task gives them).
         forced_exit_layer: [W] long, 1-based exit layer per word, used instead of
             the exit rule (self-sampling fine-tuning).
         return_layer_logits: also return every layer's logits (training).
@@ -193,7 +196,7 @@ class EarlyExitEncoder(nn.Module):
         """
         forced = None if forced_exit_layer is None else [forced_exit_layer]
         return self.forward_batches(
-            [batch], settings, forced, return_layer_logits, output_hidden_states
+            [batch], settings, forced, return_layer_logits, output_hidden_states, entity_classes
         )[0]
 
     def forward_batches(
@@ -203,6 +206,7 @@ class EarlyExitEncoder(nn.Module):
         forced_exit_layers: Optional[Sequence[torch.Tensor]] = None,
         return_layer_logits: bool = False,
         output_hidden_states: bool = False,
+        entity_classes: Optional[torch.Tensor] = None,
     ) -> List[EncoderOutput]:
         """forward() for several batches, layer by layer together.
 
@@ -211,13 +215,15 @@ class EarlyExitEncoder(nn.Module):
         product (see packed_layers_forward), which keeps the products large
         after most words have exited. Each batch's output is forward()'s.
         forced_exit_layers: one [W_b] tensor per batch, or None.
+        entity_classes: [C] bool, as in forward().
         """
         rule = exit_rule(settings or ExitSettings(), self.n_layers)
+        entity_classes = check_entity_classes(rule, entity_classes, self.n_classes)
         runs = [
             _BatchRun(
                 self, batch, rule,
                 None if forced_exit_layers is None else forced_exit_layers[index],
-                return_layer_logits, output_hidden_states,
+                return_layer_logits, output_hidden_states, entity_classes,
             )
             for index, batch in enumerate(batches)
         ]
@@ -277,9 +283,11 @@ class _BatchRun:
         forced_exit_layer: Optional[torch.Tensor],
         return_layer_logits: bool,
         output_hidden_states: bool,
+        entity_classes: Optional[torch.Tensor] = None,
     ) -> None:
         """rule: the exit rule of the call; forced_exit_layer: [W] long,
-        1-based, replaces it for this batch (self-sampling)."""
+        1-based, replaces it for this batch (self-sampling); entity_classes:
+        [C] bool on the batch's device, for rules that read the entity grid."""
         n_layers, n_words = encoder.n_layers, batch.n_words
         device = batch.input_ids.device
         self.encoder, self.batch = encoder, batch
@@ -301,6 +309,9 @@ class _BatchRun:
             forced_grid[batch.word_span, batch.word_slot] = forced_exit_layer
             rule = ForcedExit(forced_grid)
         self.rule = rule
+        self.entity_classes = None if entity_classes is None else entity_classes.to(device)
+        # [S, slots] bool: each word's latest prediction is inside an entity
+        self.entity = torch.zeros_like(self.word_grid) if rule.needs_entity else None
         self.layer_logits = (
             self.hidden.new_zeros(n_layers, n_words, encoder.n_classes) if return_layer_logits else None
         )
@@ -376,9 +387,12 @@ class _BatchRun:
         spans, slots = batch.word_span[active_words], batch.word_slot[active_words]
         if self.rule.needs_uncertainty:
             self.uncertainty[spans, slots] = normalized_entropy(logits.detach()).to(self.uncertainty.dtype)
+        if self.entity is not None:
+            assert self.entity_classes is not None
+            self.entity[spans, slots] = self.entity_classes[logits.argmax(dim=-1)]
         active_grid = torch.zeros_like(self.word_grid)
         active_grid[spans, slots] = True
-        exit_grid = self.rule.exits(layer_index, self.uncertainty, active_grid, self.word_grid)
+        exit_grid = self.rule.exits(layer_index, self.uncertainty, active_grid, self.word_grid, self.entity)
         return exit_grid[batch.word_span, batch.word_slot]
 
     def output(self) -> EncoderOutput:
@@ -390,6 +404,26 @@ class _BatchRun:
             layer_active=self.layer_active,
             hidden_states=self.hidden_states,
         )
+
+
+def check_entity_classes(
+    rule: ExitRule, entity_classes: Optional[torch.Tensor], n_classes: int
+) -> Optional[torch.Tensor]:
+    """The [C] bool vector of classes inside an entity, checked against the
+    rule (which may need it) and the encoder's classes; None if unused."""
+    if not rule.needs_entity:
+        return None
+    if entity_classes is None:
+        raise ValueError(
+            "entity_exit needs to know which classes are inside an entity, which only an "
+            "entity task (task 'ner') gives; turn entity_exit off for this task"
+        )
+    entity_classes = torch.as_tensor(entity_classes, dtype=torch.bool)
+    if entity_classes.shape != (n_classes,):
+        raise ValueError(
+            f"entity_classes must hold one flag per class ({n_classes}); got shape {tuple(entity_classes.shape)}"
+        )
+    return entity_classes
 
 
 def _keep_rows(

@@ -9,10 +9,16 @@ They are small immutable objects holding per-layer thresholds; nothing in
 them changes during a call, so one rule can serve concurrent calls.
 
 `exit_rule(settings, n_layers)` turns the run-time dial (ExitSettings) into a
-rule; self-sampling builds `TokenExit` with per-span windows and thresholds.
+rule; self-sampling builds `TokenExit` (or `EntityTokenExit`) with per-span
+windows and thresholds.
+
+`EntityTokenExit` is TOKEE for entities: the rule also reads, per word,
+whether its latest prediction is a class inside an entity (the `entity`
+grid; which classes those are is the task's business, given to the encoder
+as a [C] bool vector), so that an entity's tokens leave together.
 """
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -108,20 +114,29 @@ class ExitRule:
     """Which active words exit after a layer.
 
     needs_uncertainty: whether `exits` reads the uncertainty grid (the caller
-    then keeps it up to date); never_exits: a shortcut for full depth.
+    then keeps it up to date); needs_entity: whether it reads the entity grid;
+    never_exits: a shortcut for full depth.
     """
 
     needs_uncertainty: bool = True
+    needs_entity: bool = False
     never_exits: bool = False
 
     def exits(
-        self, layer_index: int, uncertainty: torch.Tensor, active: torch.Tensor, words: torch.Tensor
+        self,
+        layer_index: int,
+        uncertainty: torch.Tensor,
+        active: torch.Tensor,
+        words: torch.Tensor,
+        entity: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """After layer `layer_index` (0-based): [S, W] bool, the words that exit.
 
         uncertainty: [S, W] float, every word's latest uncertainty (frozen for
         exited words); active: [S, W] bool, words still computed; words:
-        [S, W] bool, real word slots.
+        [S, W] bool, real word slots; entity: [S, W] bool, the word's latest
+        prediction (frozen for exited words) is a class inside an entity
+        (read only by rules with needs_entity).
         """
         raise NotImplementedError
 
@@ -132,7 +147,7 @@ class NoExit(ExitRule):
     needs_uncertainty = False
     never_exits = True
 
-    def exits(self, layer_index, uncertainty, active, words):
+    def exits(self, layer_index, uncertainty, active, words, entity=None):
         return torch.zeros_like(active)
 
 
@@ -143,7 +158,7 @@ class ForcedExit(ExitRule):
     exit_layer: torch.Tensor
     needs_uncertainty = False
 
-    def exits(self, layer_index, uncertainty, active, words):
+    def exits(self, layer_index, uncertainty, active, words, entity=None):
         return active & (self.exit_layer == layer_index + 1)
 
 
@@ -154,7 +169,7 @@ class SentenceExit(ExitRule):
     thresholds: Sequence[float]
     pooling: str = "max"
 
-    def exits(self, layer_index, uncertainty, active, words):
+    def exits(self, layer_index, uncertainty, active, words, entity=None):
         return active & sentence_exits(uncertainty, active, self.thresholds[layer_index], self.pooling)[:, None]
 
 
@@ -173,9 +188,98 @@ class TokenExit(ExitRule):
     window: Window = 0
     window_includes_exited: bool = False
 
-    def exits(self, layer_index, uncertainty, active, words):
+    def exits(self, layer_index, uncertainty, active, words, entity=None):
         counted = words if self.window_includes_exited else active
         return token_exits(uncertainty, active, counted, self.window, self.thresholds[layer_index])
+
+
+def entity_groups(entity: torch.Tensor, words: torch.Tensor, margin: int) -> torch.Tensor:
+    """Group ids of the words that must exit together: each maximal run of
+    words within `margin` slots of an entity word (the predicted entities
+    with `margin` neighbours either side; runs that touch merge).
+
+    entity, words: [S, W] bool. Returns [S, W] long: -1 for words in no
+    group, else an id unique over the grid (row * W + run number).
+    """
+    n_spans, width = entity.shape
+    near = window_max((entity & words).float(), margin) > 0 if width else entity
+    grouped = near & words
+    starts = grouped.clone()
+    starts[:, 1:] &= ~grouped[:, :-1]
+    run = starts.long().cumsum(dim=1)
+    rows = torch.arange(n_spans, device=entity.device)[:, None] * (width + 1)
+    return torch.where(grouped, rows + run, torch.full_like(run, -1))
+
+
+def group_max(scores: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Each grouped word's score replaced by the max over its group.
+
+    scores: [S, W] float; groups: [S, W] long (entity_groups). Returns [S, W].
+    """
+    grouped = groups >= 0
+    if not bool(grouped.any()):
+        return scores
+    index = groups[grouped]
+    pooled = torch.full((int(index.max()) + 1,), float("-inf"), dtype=scores.dtype, device=scores.device)
+    pooled = pooled.scatter_reduce(0, index, scores[grouped], reduce="amax")
+    result = scores.clone()
+    result[grouped] = pooled[index]
+    return result
+
+
+def entity_token_exits(
+    uncertainty: torch.Tensor,
+    active: torch.Tensor,
+    counted: torch.Tensor,
+    words: torch.Tensor,
+    entity: torch.Tensor,
+    window: Window,
+    threshold: Threshold,
+    margin: int,
+    entity_scale: float,
+) -> torch.Tensor:
+    """TOKEE for entities (see EntityTokenExit). Returns [S, W] bool.
+
+    uncertainty, active, counted, window, threshold: as in token_exits;
+    words: [S, W] bool, real word slots; entity: [S, W] bool, predicted
+    class inside an entity; margin: neighbours joined with an entity on each
+    side; entity_scale: in (0, 1], an entity word's uncertainty counts as
+    uncertainty / entity_scale (a threshold x entity_scale for entities).
+    """
+    strict = uncertainty / entity_scale if entity_scale != 1.0 else uncertainty
+    scores = torch.where(entity, strict, uncertainty).masked_fill(~counted, float("-inf"))
+    scores = group_max(window_max(scores, window), entity_groups(entity, words, margin))
+    return active & below_threshold(scores, threshold)
+
+
+@dataclass(frozen=True)
+class EntityTokenExit(TokenExit):
+    """TOKEE that keeps entities whole (exit setting entity_exit).
+
+    Words predicted inside an entity (a B-, I-, L- or U- class: the `entity`
+    grid) form groups with their `margin` neighbours on either side (runs
+    that touch merge): a group exits together, when the largest TOKEE window
+    uncertainty of its words is below the layer's threshold, or not at all.
+    So an entity never leaves in pieces, and the words at its boundaries
+    wait until it has settled: a neighbour that leaves as O while the entity
+    still grows would cut it. Words of no group follow plain TOKEE. An
+    entity word's uncertainty counts divided by entity_scale (1: as other
+    words; 0.5: entities need half the threshold). Threshold 0 exits
+    nothing, threshold >= 1 everything at the first layer, as TOKEE.
+    """
+
+    margin: int = 1
+    entity_scale: float = 1.0
+    needs_entity = True
+
+    def exits(self, layer_index, uncertainty, active, words, entity=None):
+        if entity is None:
+            raise ValueError("the entity exit rule needs the entity grid (which words are predicted in an entity)")
+        counted = words if self.window_includes_exited else active
+        return entity_token_exits(
+            uncertainty, active, counted, words, entity, self.window, self.thresholds[layer_index],
+            self.margin, self.entity_scale,
+        )
 
 
 def layer_thresholds(settings: ExitSettings, n_layers: int) -> list:
@@ -199,4 +303,9 @@ def exit_rule(settings: ExitSettings, n_layers: int) -> ExitRule:
         return NoExit()
     if settings.exit_mode == "sentence":
         return SentenceExit(thresholds, settings.sentence_score)
+    if settings.entity_exit:
+        return EntityTokenExit(
+            thresholds, settings.window, settings.window_includes_exited,
+            settings.entity_margin, settings.entity_threshold_scale,
+        )
     return TokenExit(thresholds, settings.window, settings.window_includes_exited)

@@ -31,6 +31,15 @@ class ExitSettings:
         None means the same threshold at every layer.
     sentence_score: how a sentence's token uncertainties are pooled in
         sentence mode: "max" or "mean".
+    entity_exit: token mode for entities (exit_policy.EntityTokenExit): the
+        tokens predicted inside an entity, with `entity_margin` neighbours
+        on either side, exit together or not at all (when the largest window
+        uncertainty among them is below the threshold). Needs a task whose
+        classes mark entities (ner).
+    entity_margin: neighbours on each side of a predicted entity that wait
+        for it (>= 0).
+    entity_threshold_scale: in (0, 1]: tokens predicted inside an entity
+        need an uncertainty below threshold x this (1: the same threshold).
     """
 
     exit_mode: str = "off"
@@ -39,6 +48,9 @@ class ExitSettings:
     window_includes_exited: bool = False
     threshold_multipliers: Optional[Tuple[float, ...]] = None
     sentence_score: str = "max"
+    entity_exit: bool = False
+    entity_margin: int = 1
+    entity_threshold_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.exit_mode not in EXIT_MODES:
@@ -61,6 +73,14 @@ class ExitSettings:
                 f"sentence_score must be one of {', '.join(SENTENCE_SCORES)}; "
                 f"got {self.sentence_score!r}"
             )
+        if not isinstance(self.entity_exit, bool):
+            raise ValueError(f"entity_exit must be true or false; got {self.entity_exit!r}")
+        if isinstance(self.entity_margin, bool) or not isinstance(self.entity_margin, int) or self.entity_margin < 0:
+            raise ValueError(f"entity_margin must be an integer >= 0; got {self.entity_margin!r}")
+        scale = self.entity_threshold_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.0 < scale <= 1.0:
+            raise ValueError(f"entity_threshold_scale must be in (0, 1]; got {scale!r}")
+        object.__setattr__(self, "entity_threshold_scale", float(scale))
         if self.threshold_multipliers is not None:
             multipliers = tuple(self.threshold_multipliers)
             if not multipliers or any(

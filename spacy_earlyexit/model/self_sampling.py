@@ -20,7 +20,7 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from .encoder import EarlyExitEncoder, EncoderBatch
-from .exit_policy import TokenExit
+from .exit_policy import EntityTokenExit, TokenExit
 from .uncertainty import normalized_entropy
 
 
@@ -42,6 +42,9 @@ class SelfSampling:
         "stage1" (the model as it was when self-sampling began, i.e. the
         sourced stage-1 model; computed once per span and cached: cheaper,
         but stale).
+    entity_exit, entity_margin: simulate the entity exit rule
+        (exit_policy.EntityTokenExit, as the inference setting of the same
+        names) instead of plain TOKEE; needs the task's entity classes.
     flooding: 0 (off) or a factor f > 0: each token's loss at each layer is
         flooded toward f times its loss under the stage-1 model (Ishida et
         al. 2020: below that level the gradient is reversed), which keeps the
@@ -57,6 +60,8 @@ class SelfSampling:
     window_includes_exited: bool = False
     uncertainty_source: str = "current"
     flooding: float = 0.0
+    entity_exit: bool = False
+    entity_margin: int = 1
 
     def __post_init__(self) -> None:
         low_w, high_w = (int(v) for v in self.window_range)
@@ -75,6 +80,11 @@ class SelfSampling:
             )
         if isinstance(self.flooding, bool) or not float(self.flooding) >= 0.0:
             raise ValueError(f"flooding must be a number >= 0 (0: off); got {self.flooding!r}")
+        if not isinstance(self.entity_exit, bool):
+            raise ValueError(f"entity_exit must be true or false; got {self.entity_exit!r}")
+        if isinstance(self.entity_margin, bool) or not int(self.entity_margin) >= 0:
+            raise ValueError(f"entity_margin must be an integer >= 0; got {self.entity_margin!r}")
+        self.entity_margin = int(self.entity_margin)
         self.window_range = (low_w, high_w)
         self.threshold_range = (low_t, high_t)
         self.flooding = float(self.flooding)
@@ -108,20 +118,32 @@ def simulate_token_exits(
     windows: torch.Tensor,
     thresholds: torch.Tensor,
     window_includes_exited: bool = False,
+    entity: Optional[torch.Tensor] = None,
+    entity_margin: int = 1,
 ) -> torch.Tensor:
     """TOKEE (the inference rule, exit_policy.TokenExit) on precomputed
-    per-layer uncertainties, each span with its own window and threshold.
+    per-layer uncertainties, each span with its own window and threshold;
+    with `entity` the entity rule (exit_policy.EntityTokenExit).
 
     uncertainty: [L, S, W] float; words: [S, W] bool (real word slots);
-    windows: [S] long; thresholds: [S] float.
+    windows: [S] long; thresholds: [S] float; entity: [L, S, W] bool, the
+    word's prediction at each layer is inside an entity (exited words keep
+    the one of their exit layer, as at inference).
     Returns [S, W] long: 1-based exit layer (L for words that never exit).
     """
     n_layers = uncertainty.shape[0]
-    rule = TokenExit([thresholds[:, None]] * n_layers, windows, window_includes_exited)
+    per_layer = [thresholds[:, None]] * n_layers
+    rule: TokenExit = (
+        TokenExit(per_layer, windows, window_includes_exited) if entity is None
+        else EntityTokenExit(per_layer, windows, window_includes_exited, entity_margin)
+    )
     exit_layer = torch.full(words.shape, n_layers, dtype=torch.long)
     active = words.clone()
+    latest = None
     for layer_index in range(n_layers - 1):
-        exiting = rule.exits(layer_index, uncertainty[layer_index], active, words)
+        if entity is not None:
+            latest = entity[layer_index] if latest is None else torch.where(active, entity[layer_index], latest)
+        exiting = rule.exits(layer_index, uncertainty[layer_index], active, words, latest)
         exit_layer[exiting] = layer_index + 1
         active &= ~exiting
     return exit_layer
@@ -146,11 +168,13 @@ def sample_exit_layers(
     sampling: SelfSampling,
     generator: Optional[torch.Generator] = None,
     layer_logits: Optional[torch.Tensor] = None,
+    entity_classes: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Draw settings and simulate token-level exit on per-layer predictions:
     `layer_logits` [L, W, C] if given (e.g. cached stage-1 predictions), else
     the current model's at full depth (see full_depth_layer_logits).
-    Returns [W] long exit layers (1-based)."""
+    entity_classes: [C] bool, the classes inside an entity (needed when
+    sampling.entity_exit). Returns [W] long exit layers (1-based)."""
     if layer_logits is None:
         layer_logits = full_depth_layer_logits(encoder, batch)
     n_layers = layer_logits.shape[0]
@@ -162,8 +186,16 @@ def sample_exit_layers(
     ).cpu()
     words = torch.zeros(batch.n_spans, n_slots, dtype=torch.bool)
     words[spans, slots] = True
+    entity = None
+    if sampling.entity_exit:
+        if entity_classes is None:
+            raise ValueError("self-sampling with entity_exit needs an entity task (task 'ner')")
+        entity = torch.zeros(n_layers, batch.n_spans, n_slots, dtype=torch.bool)
+        entity[:, spans, slots] = entity_classes.cpu()[layer_logits.argmax(dim=-1).cpu()]
     windows, thresholds = draw_span_settings(batch.n_spans, sampling, generator)
-    exits = simulate_token_exits(grid, words, windows, thresholds, sampling.window_includes_exited)
+    exits = simulate_token_exits(
+        grid, words, windows, thresholds, sampling.window_includes_exited, entity, sampling.entity_margin
+    )
     return exits[spans, slots].to(batch.input_ids.device)
 
 

@@ -135,3 +135,24 @@ def make_self_sampling_v2(
         uncertainty_source=uncertainty_source,
         flooding=flooding,
     )
+
+
+@registry.misc("spacy_earlyexit.SelfSampling.v3")
+def make_self_sampling_v3(
+    window_range: List[int] = [0, 2],
+    threshold_range: List[float] = [0.0, 0.5],
+    full_depth_share: float = 0.1,
+    aggressive_share: float = 0.1,
+    window_includes_exited: bool = False,
+    uncertainty_source: str = "current",
+    flooding: float = 0.0,
+    entity_exit: bool = False,
+    entity_margin: int = 1,
+) -> SelfSampling:
+    """v2 plus entity_exit and entity_margin: simulate the entity exit rule
+    (the inference setting of the same names) instead of plain TOKEE."""
+    sampling = make_self_sampling_v2(
+        window_range, threshold_range, full_depth_share, aggressive_share,
+        window_includes_exited, uncertainty_source, flooding,
+    )
+    return SelfSampling(**{**sampling.__dict__, "entity_exit": entity_exit, "entity_margin": entity_margin})

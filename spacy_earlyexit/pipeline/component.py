@@ -35,7 +35,7 @@ from ..model.self_sampling import SelfSampling
 from .annotation import token_classes
 from .extensions import exit_summary, register_extensions, set_exit_layers
 from .serialization import load_from_bytes, load_from_disk
-from .loss import early_exit_loss, layer_loss_weights
+from .loss import check_distillation, early_exit_loss, layer_loss_weights
 from .scorers import score_early_exit
 from .layer_scores import score_off_ramps
 from .tasks import get_task
@@ -53,6 +53,8 @@ class EarlyExitTagger(TrainablePipe):
         overwrite: bool = False,
         exit_settings: Optional[ExitSettings] = None,
         loss_weights: str = "depth",
+        distillation: float = 0.0,
+        distillation_temperature: float = 1.0,
         self_sampling: Optional[SelfSampling] = None,
         score_layers: bool = True,
         scorer: Optional[Callable] = score_early_exit,
@@ -60,6 +62,7 @@ class EarlyExitTagger(TrainablePipe):
         register_extensions()
         get_task(task)
         layer_loss_weights(loss_weights, 1)
+        check_distillation(distillation, distillation_temperature)
         self.vocab = vocab
         self.model = model
         self.name = name
@@ -70,6 +73,8 @@ class EarlyExitTagger(TrainablePipe):
             "overwrite": overwrite,
             "exit": (exit_settings or ExitSettings()).to_dict(),
             "loss_weights": loss_weights,
+            "distillation": float(distillation),
+            "distillation_temperature": float(distillation_temperature),
             "self_sampling": asdict(self_sampling) if self_sampling is not None else None,
             "score_layers": score_layers,
         }
@@ -170,7 +175,10 @@ class EarlyExitTagger(TrainablePipe):
                 "or load a trained pipeline first"
             )
         exit_rule(settings, self.n_layers)  # clear errors before any work
-        return predict_docs(self.model, docs, settings, record_layer_labels=layer_labels)
+        return predict_docs(
+            self.model, docs, settings, record_layer_labels=layer_labels,
+            entity_classes=self.task.entity_classes(self.classes),
+        )
 
     def set_annotations(self, docs: Iterable[Doc], outputs: TokenOutputs) -> None:
         classes = self.classes
@@ -238,7 +246,8 @@ class EarlyExitTagger(TrainablePipe):
             return losses
         sampling = self.cfg["self_sampling"]
         outputs, backprop = train_docs(
-            self.model, [eg.predicted for eg in examples], SelfSampling(**sampling) if sampling else None
+            self.model, [eg.predicted for eg in examples], SelfSampling(**sampling) if sampling else None,
+            entity_classes=self.task.entity_classes(self.classes),
         )
         loss, d_logits = self.get_loss(examples, outputs)
         backprop(d_logits)
@@ -269,6 +278,7 @@ class EarlyExitTagger(TrainablePipe):
             outputs.layer_logits, numpy.where(own, gold, -1), outputs.layer_active,
             layer_loss_weights(self.cfg["loss_weights"], outputs.layer_logits.shape[0]),
             outputs.reference_layer_logits, sampling.get("flooding", 0.0),
+            self.cfg.get("distillation", 0.0), self.cfg.get("distillation_temperature", 1.0),
         )
         if numpy.isnan(loss):
             raise ValueError(Errors.E910.format(name=self.name))

@@ -6,6 +6,7 @@ from thinc.api import Config, Model
 
 from ..model import ExitSettings
 from ..model.self_sampling import SelfSampling
+from . import schedules  # noqa: F401 (registers the corpus-sized schedule)
 from .component import EarlyExitTagger
 
 DEFAULT_MODEL_CONFIG = """
@@ -42,7 +43,12 @@ DEFAULT_MODEL = Config().from_str(DEFAULT_MODEL_CONFIG)["model"]
         "window_includes_exited": False,
         "threshold_multipliers": None,
         "sentence_score": "max",
+        "entity_exit": False,
+        "entity_margin": 1,
+        "entity_threshold_scale": 1.0,
         "loss_weights": "depth",
+        "distillation": 0.0,
+        "distillation_temperature": 1.0,
         "self_sampling": None,
         "score_layers": True,
         "scorer": {"@scorers": "spacy_earlyexit.scorer.v1"},
@@ -70,16 +76,25 @@ def make_earlyexit_tagger(
     window_includes_exited: bool,
     threshold_multipliers: Optional[List[float]],
     sentence_score: str,
+    entity_exit: bool,
+    entity_margin: int,
+    entity_threshold_scale: float,
     loss_weights: str,
+    distillation: float,
+    distillation_temperature: float,
     self_sampling: Optional[SelfSampling],
     score_layers: bool,
     scorer: Optional[Callable],
 ) -> EarlyExitTagger:
-    """Create an earlyexit_tagger. task: "ner", "tag", "pos" or "segment"; exit_mode,
-    threshold, window, window_includes_exited, threshold_multipliers and
-    sentence_score: the exit rule (see ExitSettings); loss_weights: "depth",
-    "uniform" or "last"; self_sampling: settings of self-sampling fine-tuning
-    (None: plain joint training)."""
+    """Create an earlyexit_tagger. task: "ner", "tag", "pos" or "segment";
+    exit_mode, threshold, window, window_includes_exited,
+    threshold_multipliers, sentence_score, entity_exit, entity_margin and
+    entity_threshold_scale: the exit rule (see ExitSettings); loss_weights:
+    "depth", "uniform" or "last"; distillation, distillation_temperature:
+    share a of the last layer's distribution (at temperature T) in the
+    earlier off-ramps' loss (see loss.early_exit_loss; 0: off);
+    self_sampling: settings of self-sampling fine-tuning (None: plain joint
+    training)."""
     settings = ExitSettings(
         exit_mode=exit_mode,
         threshold=threshold,
@@ -87,6 +102,9 @@ def make_earlyexit_tagger(
         window_includes_exited=window_includes_exited,
         threshold_multipliers=tuple(threshold_multipliers) if threshold_multipliers else None,
         sentence_score=sentence_score,
+        entity_exit=entity_exit,
+        entity_margin=entity_margin,
+        entity_threshold_scale=entity_threshold_scale,
     )
     return EarlyExitTagger(
         nlp.vocab,
@@ -96,6 +114,8 @@ def make_earlyexit_tagger(
         overwrite=overwrite,
         exit_settings=settings,
         loss_weights=loss_weights,
+        distillation=distillation,
+        distillation_temperature=distillation_temperature,
         self_sampling=self_sampling,
         score_layers=score_layers,
         scorer=scorer,

@@ -73,6 +73,11 @@ class Task:
     #: training needs at least one label (segmentation's classes are fixed)
     needs_labels: bool = True
 
+    def entity_classes(self, classes: Sequence[str]) -> Optional[List[bool]]:
+        """Per class, whether it lies inside an entity (read by the entity
+        exit rule, ExitSettings.entity_exit); None: the task has no entities."""
+        return None
+
     def join_borrowed(self, classes: List[Optional[str]], lender: Sequence[int]) -> List[Optional[str]]:
         """Adjust the classes of tokens that copied a neighbour's class (see
         borrow_classes). lender: per token, the token it copied, or -1."""
@@ -316,6 +321,10 @@ class NerTask(Task):
 
     def gold_classes(self, example: Example) -> List[Optional[str]]:
         return [None if value in (None, "-", "") else value for value in example.get_aligned_ner()]
+
+    def entity_classes(self, classes: Sequence[str]) -> Optional[List[bool]]:
+        """B-, I-, L- and U- classes are inside an entity, O is not."""
+        return [value.partition("-")[0] in BILUO_PREFIXES and "-" in value for value in classes]
 
     def join_borrowed(self, classes: List[Optional[str]], lender: Sequence[int]) -> List[Optional[str]]:
         """A word piece that spans several tokens (e.g. "2008" or a Latin word

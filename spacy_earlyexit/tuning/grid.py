@@ -29,9 +29,13 @@ def build_grid(
     windows: Sequence[int],
     later_factors: Sequence[LaterFactor] = (1.0,),
     n_layers: Optional[int] = None,
+    entity_variants: Sequence[Optional[Tuple[int, float]]] = (None,),
 ) -> List[Dict[str, Any]]:
     """The settings of a sweep: "off" first, then each mode x threshold
-    (x window, for token mode only) x later-layer factor.
+    (x window x entity variant, for token mode only) x later-layer factor.
+
+    entity_variants: None for plain TOKEE, (margin, scale) for the entity
+        rule (entity_exit with entity_margin and entity_threshold_scale).
 
     later_factors: a factor f other than 1 gives the schedule
         threshold_multipliers = [1, f, ..., f] (the threshold at layers 2 and
@@ -71,13 +75,43 @@ def build_grid(
                 bases.append({"exit_mode": "sentence", "threshold": float(threshold)})
             elif mode == "token":
                 bases.extend(
-                    {"exit_mode": "token", "threshold": float(threshold), "window": int(window)}
-                    for window in windows
+                    {"exit_mode": "token", "threshold": float(threshold), "window": int(window),
+                     **entity_setting(variant)}
+                    for window in windows for variant in entity_variants
                 )
             for base in bases:
                 for schedule in schedules:
                     grid.append(base if schedule is None else {**base, "threshold_multipliers": schedule})
     return grid
+
+
+def entity_setting(variant: Optional[Tuple[int, float]]) -> Dict[str, Any]:
+    """The exit settings of an entity variant: {} (plain TOKEE) or the
+    entity rule with its margin and threshold scale."""
+    if variant is None:
+        return {}
+    margin, scale = variant
+    return {"entity_exit": True, "entity_margin": int(margin), "entity_threshold_scale": float(scale)}
+
+
+def parse_entity_variants(margins: str, scales: str = "1") -> List[Optional[Tuple[int, float]]]:
+    """"off,1,2" and "1,0.5" -> [None, (1, 1.0), (1, 0.5), (2, 1.0), (2, 0.5)]:
+    "off" is plain TOKEE, a number the entity rule with that margin (each
+    with every scale)."""
+    variants: List[Optional[Tuple[int, float]]] = []
+    scale_values = [float(v) for v in scales.split(",") if v.strip()] or [1.0]
+    for item in (part.strip() for part in margins.split(",")):
+        if not item:
+            continue
+        if item == "off":
+            variants.append(None)
+            continue
+        try:
+            margin = int(item)
+        except ValueError:
+            raise ValueError(f"entity margins are 'off' (plain TOKEE) or integers >= 0; got {item!r}") from None
+        variants.extend((margin, scale) for scale in scale_values)
+    return variants
 
 
 def schedule_label(multipliers: Sequence[float]) -> str:
@@ -109,7 +143,17 @@ def setting_name(setting: Mapping[str, Any]) -> str:
     multipliers = setting.get("threshold_multipliers")
     if multipliers:
         name += f" m={schedule_label(multipliers)}"
-    return name
+    return name + entity_label(setting)
+
+
+def entity_label(setting: Mapping[str, Any]) -> str:
+    """" E1" for the entity rule with margin 1, " E1 s=0.5" with a threshold
+    scale; "" for plain TOKEE."""
+    if not setting.get("entity_exit"):
+        return ""
+    label = f" E{setting.get('entity_margin', 1)}"
+    scale = setting.get("entity_threshold_scale", 1.0)
+    return label + (f" s={scale:g}" if scale != 1.0 else "")
 
 
 def dial_series(rows: Sequence[Mapping[str, Any]]) -> Dict[str, List[Mapping[str, Any]]]:
@@ -123,7 +167,7 @@ def dial_series(rows: Sequence[Mapping[str, Any]]) -> Dict[str, List[Mapping[str
             continue
         label = setting["exit_mode"]
         if setting["exit_mode"] == "token":
-            label += f" k={setting['window']}"
+            label += f" k={setting['window']}" + entity_label(setting)
         multipliers = setting.get("threshold_multipliers")
         if multipliers:  # a threshold schedule is a curve of its own
             label = setting_name({**setting, "threshold": 0.0}).replace(" t=0", "")

@@ -20,7 +20,7 @@ from spacy.tokens import Doc, DocBin
 from spacy.training import Example
 from tqdm import tqdm
 
-from .grid import build_grid, dial_series, parse_later_factors, schedule_label, setting_name  # noqa: F401
+from .grid import build_grid, dial_series, entity_label, parse_later_factors, schedule_label, setting_name  # noqa: F401
 from .timing import (  # noqa: F401 (re-exported)
     COMPONENT, Contestant, doc_slices, fresh_docs, paired_speedup, time_interleaved, time_pipe, words_per_second,
 )
@@ -53,8 +53,9 @@ def run_sweep(
         same docs, for throughput only (rows with setting None); only in the
         first reference_repetitions repetitions when given.
     Returns a JSON-friendly dict; its "rows" hold, per pipeline and setting:
-    model, name, setting, score, exit_layer_mean, flops_speedup, seconds
-    (per repetition), words_per_second and wall_speedup.
+    model, name, setting, score, per_type (NER: entity type -> F, so that
+    one sees which types early exit hurts), exit_layer_mean, flops_speedup,
+    seconds (per repetition), words_per_second and wall_speedup.
     """
     loaded: Dict[str, Language] = {}
     gold: Dict[str, List[Doc]] = {}
@@ -119,6 +120,9 @@ def run_sweep(
         examples = [Example(doc, ref) for doc, ref in zip(annotated[id(row)], gold[row["model"]])]
         scores = loaded[row["model"]].get_pipe(COMPONENT).score(examples)
         row["score"] = scores.get(score_key)
+        per_type = per_type_scores(scores)
+        if per_type is not None:
+            row["per_type"] = per_type
         row["exit_layer_mean"] = scores.get("exit_layer_mean")
         row["flops_speedup"] = scores.get("flops_speedup")
     off = [row for row in rows if row["setting"] is not None and row["setting"]["exit_mode"] == "off"]
@@ -142,13 +146,49 @@ def run_sweep(
     }
 
 
+def per_type_scores(scores: Mapping[str, Any]) -> Optional[Dict[str, float]]:
+    """Entity type -> F from the scorer's ents_per_type (None for tasks
+    without entity types)."""
+    per_type = scores.get("ents_per_type")
+    if not isinstance(per_type, Mapping):
+        return None
+    return {label: float(values.get("f", 0.0)) for label, values in sorted(per_type.items())}
+
+
+def per_type_table(result: Mapping[str, Any]) -> str:
+    """Entity F per type at every setting, Δ against "off" of the same
+    pipeline in brackets (points); "" when the sweep has no per-type scores."""
+    rows = [r for r in result["rows"] if r.get("per_type") is not None]
+    if not rows:
+        return ""
+    types = sorted({label for r in rows for label in r["per_type"]})
+    off = {r["model"]: r["per_type"] for r in rows if _mode(r) == "off"}
+    lines = [
+        "| model | setting | " + " | ".join(types) + " |",
+        "|---|---|" + "---|" * len(types),
+    ]
+    for row in rows:
+        base = off.get(row["model"], {})
+        cells = []
+        for label in types:
+            value = row["per_type"].get(label)
+            if value is None:
+                cells.append("–")
+            elif _mode(row) == "off" or label not in base:
+                cells.append(f"{value * 100:.1f}")
+            else:
+                cells.append(f"{value * 100:.1f} ({(value - base[label]) * 100:+.1f})")
+        lines.append(f"| {row['model']} | {row['name']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _fmt(value: Optional[float], pattern: str) -> str:
     return pattern.format(value) if value is not None else "–"
 
 
 def markdown_table(result: Mapping[str, Any]) -> str:
     """The sweep as a markdown table (scores in points, Δ against "off" of
-    the same pipeline)."""
+    the same pipeline; "E1" after the window: the entity rule, margin 1)."""
     key = result["score_key"]
     off = {r["model"]: r.get("score") for r in result["rows"] if _mode(r) == "off"}
     lines = [
@@ -162,7 +202,7 @@ def markdown_table(result: Mapping[str, Any]) -> str:
         delta = (score - base) * 100 if score is not None and base is not None else None
         lines.append(
             f"| {row['model']} | {setting['exit_mode']} | {_fmt(setting.get('threshold'), '{:g}')} "
-            f"| {_fmt(setting.get('window'), '{}')} | {_later(setting)} "
+            f"| {_fmt(setting.get('window'), '{}')}{entity_label(setting)} | {_later(setting)} "
             f"| {_fmt(None if score is None else score * 100, '{:.2f}')} "
             f"| {_fmt(delta, '{:+.2f}')} | {_fmt(row.get('exit_layer_mean'), '{:.2f}')} "
             f"| {_fmt(row.get('flops_speedup'), '{:.2f}x')} | {_fmt(row.get('words_per_second'), '{:.0f}')} "
@@ -194,7 +234,9 @@ def write_results(result: Mapping[str, Any], output_stem: Union[str, Path]) -> D
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = {"json": stem.with_suffix(".json"), "md": stem.with_suffix(".md"), "png": stem.with_suffix(".png")}
     paths["json"].write_text(json.dumps(result, indent=2) + "\n", encoding="utf8")
-    paths["md"].write_text(markdown_table(result) + "\n", encoding="utf8")
+    types = per_type_table(result)
+    text = markdown_table(result) + ("\n\nEntity F per type (Δ vs off):\n\n" + types if types else "")
+    paths["md"].write_text(text + "\n", encoding="utf8")
     from ..visualize.sweep_plot import plot_sweep  # matplotlib: the "plot" extra
 
     plot_sweep(result, paths["png"])

@@ -1,12 +1,17 @@
 """Corpus converters: CoNLL-U and BIO / IOB column files -> spaCy's .spacy.
 
-Column files have one token per line (word in the first column, tag in the
-last, separated by tabs or spaces) and a blank line between sentences, as in
-CoNLL-2003 (IOB1, `-DOCSTART-` lines) and WNUT-16 (BIO). Both IOB variants
-are read by spaCy's iob_to_biluo: an entity starts at a B- tag, or at an I-
-tag that does not continue an entity of its type.
+Column files have one token per line (columns separated by tabs or spaces)
+and a blank line between sentences, as in CoNLL-2003 (word first, IOB1 NER
+tag last, `-DOCSTART-` lines), WNUT-16 (word, BIO tag) and Universal NER
+(`.iob2`: index, word, IOB2 tag, two annotator columns, CoNLL-U style `#`
+comment lines). The word column is the first one, or the second when the
+first holds the token indices 1, 2, 3, ...; the tag column is the last
+column whose every value is a tag (O, B-X, I-X). Both IOB variants are read
+by spaCy's iob_to_biluo: an entity starts at a B- tag, or at an I- tag that
+does not continue an entity of its type.
 """
 import random
+import re
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -20,21 +25,23 @@ COLUMN_FORMATS = ("bio", "iob")
 
 
 def read_columns(path: Union[str, Path], encoding: str = "utf8") -> List[Sentence]:
-    """Sentences of (word, tag) pairs from a column file.
+    """Sentences of (word, tag) pairs from a column file (see the module
+    docstring for the columns).
 
-    Lines are split on tabs if they contain one, else on whitespace; the
-    first field is the word, the last the tag. Blank (or whitespace-only)
-    lines end a sentence; `-DOCSTART-` lines are skipped. Raises ValueError
-    naming the line for a line with a single field.
+    Lines are split on tabs if they contain one, else on whitespace. Blank
+    (or whitespace-only) lines end a sentence; `-DOCSTART-` lines and
+    comment lines (starting with "#", holding "=" and no tab, as
+    `# sent_id = ...`) are skipped. Raises ValueError naming the line for a
+    line with a single field or with fewer columns than the file's tag
+    column, and naming the file when no column holds tags only.
     """
-    sentences: List[Sentence] = []
-    current: Sentence = []
+    rows: List[Tuple[int, List[str]]] = []  # (line number, fields); [] ends a sentence
     text = Path(path).read_text(encoding=encoding)
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
-            if current:
-                sentences.append(current)
-                current = []
+            rows.append((number, []))
+            continue
+        if _is_comment(line):
             continue
         fields = line.split("\t") if "\t" in line else line.split()
         fields = [f.strip() for f in fields if f.strip()]
@@ -42,10 +49,53 @@ def read_columns(path: Union[str, Path], encoding: str = "utf8") -> List[Sentenc
             continue
         if len(fields) < 2:
             raise ValueError(f"{path}:{number}: expected a word and a tag, got {line!r}")
-        current.append((fields[0], fields[-1]))
+        rows.append((number, fields))
+    word_column, tag_column = _columns(path, [fields for _, fields in rows if fields])
+    sentences: List[Sentence] = []
+    current: Sentence = []
+    for number, fields in rows:
+        if not fields:
+            if current:
+                sentences.append(current)
+                current = []
+            continue
+        if len(fields) <= tag_column:
+            raise ValueError(
+                f"{path}:{number}: expected at least {tag_column + 1} columns (tags in column "
+                f"{tag_column + 1}), got {len(fields)}: {fields!r}"
+            )
+        current.append((fields[word_column], fields[tag_column]))
     if current:
         sentences.append(current)
     return sentences
+
+
+_TAG = re.compile(r"^(O|[BI]-\S+)$")
+
+
+def _is_comment(line: str) -> bool:
+    """A CoNLL-U style comment line (`# sent_id = ...`, `# text = ...`)."""
+    return line.startswith("#") and "=" in line and "\t" not in line
+
+
+def _columns(path: Union[str, Path], rows: Sequence[List[str]]) -> Tuple[int, int]:
+    """(word column, tag column) of a column file's data rows: the word is
+    the second column when the first holds the indices 1, 2, ... of a
+    sentence's tokens, else the first; the tags are in the last column
+    (among those all rows have) whose every value is a tag, else the last."""
+    if not rows:
+        return 0, 1
+    width = min(len(fields) for fields in rows)
+    indexed = width >= 3 and all(fields[0].isdigit() for fields in rows)
+    word_column = 1 if indexed else 0
+    tag_columns = [
+        column for column in range(word_column + 1, width)
+        if all(_TAG.match(fields[column]) for fields in rows)
+    ]
+    if tag_columns:
+        return word_column, tag_columns[-1]
+    # no column of tags only: the last column, whose bad tags sentence_to_doc names
+    return word_column, width - 1
 
 
 def sentence_to_doc(vocab: Vocab, sentence: Sentence) -> Doc:

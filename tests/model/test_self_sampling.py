@@ -250,7 +250,7 @@ def test_self_sampling_step_freezes_tokens_and_masks_the_loss(tiny_bert, monkeyp
     forced = torch.tensor([1 + (n * 2) % n_layers for n in range(n_tokens)])
     calls = []
 
-    def fixed_exits(encoder_, batch, sampling, generator=None, layer_logits=None):
+    def fixed_exits(encoder_, batch, sampling, generator=None, layer_logits=None, entity_classes=None):
         calls.append(sampling)
         assert batch.n_words == n_tokens
         return forced.clone()
