@@ -96,10 +96,12 @@ class EarlyExitShim(PyTorchShim):
         return scale
 
     def set_trainable(self) -> None:
-        """requires_grad on the encoder's parameters as learn_rate_scale says
-        (frozen parameters get no gradient at all)."""
+        """requires_grad on the transformer's parameters as learn_rate_scale
+        says (frozen parameters get no gradient at all). The off-ramps are
+        left as they are (a callback may freeze some: train_offramps_only)."""
         for name, param in self.encoder.named_parameters():
-            param.requires_grad_(self.learn_rate_scale(name) is not None)
+            if name.startswith(ENCODER_PREFIX):
+                param.requires_grad_(self.learn_rate_scale(name) is not None)
 
     def finish_update(self, optimizer) -> None:
         for name, param in self._model.named_parameters():
