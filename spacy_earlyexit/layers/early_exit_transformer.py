@@ -21,6 +21,7 @@ from ..model.batching import consecutive_groups, length_batches
 from ..model.self_sampling import ReferencePredictions, SelfSampling, sample_exit_layers
 from .data_classes import DocPieces, SpanGetter, TokenOutputs
 from .loading import load_pretrained
+from .piece_split import check_piece_split
 from .shim import EarlyExitShim
 from .token_mapping import borrowed, to_tokens
 from .wordpieces import max_pieces_of, tokenize_docs
@@ -44,14 +45,28 @@ def EarlyExitTransformerModel(
     freeze_encoder: bool,
     span_batch_size: int,
     nO: Optional[int] = None,
+    freeze_embeddings: bool = False,
+    layer_lr_decay: float = 1.0,
+    piece_split: str = "none",
 ) -> Model[List[Doc], TokenOutputs]:
-    """A thinc Model around an EarlyExitEncoder (weights loaded in init)."""
+    """A thinc Model around an EarlyExitEncoder (weights loaded in init).
+
+    piece_split: which word pieces are cut at spaCy token boundaries
+    ("none", "tokens", "han"; see wordpieces.piece_split).
+    """
+    check_piece_split(piece_split)
     if span_batch_size < 1:
         raise ValueError(f"span_batch_size must be >= 1; got {span_batch_size}")
     if not 0.0 <= offramp_dropout < 1.0:
         raise ValueError(f"offramp_dropout must be in [0, 1); got {offramp_dropout}")
+    if not 0.0 < layer_lr_decay <= 1.0:
+        raise ValueError(f"layer_lr_decay must be in (0, 1]; got {layer_lr_decay}")
     shim = EarlyExitShim(
-        None, encoder_learn_rate_scale=encoder_learn_rate_scale, freeze_encoder=freeze_encoder
+        None,
+        encoder_learn_rate_scale=encoder_learn_rate_scale,
+        freeze_encoder=freeze_encoder,
+        freeze_embeddings=freeze_embeddings,
+        layer_lr_decay=layer_lr_decay,
     )
     return Model(
         "early_exit_transformer",
@@ -66,6 +81,7 @@ def EarlyExitTransformerModel(
             "transformer_config": dict(transformer_config),
             "offramp_dropout": offramp_dropout,
             "span_batch_size": span_batch_size,
+            "piece_split": piece_split,
         },
     )
 
@@ -114,7 +130,8 @@ def _tokenize(model: Model, docs: List[Doc]) -> Tuple[DocPieces, int]:
     shim = cast(EarlyExitShim, model.shims[0])
     tokenizer = shim.tokenizer
     doc_pieces = tokenize_docs(
-        docs, model.attrs["get_spans"], tokenizer, max_pieces_of(tokenizer, shim.encoder.transformer.config)
+        docs, model.attrs["get_spans"], tokenizer, max_pieces_of(tokenizer, shim.encoder.transformer.config),
+        model.attrs.get("piece_split", "none"),
     )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return doc_pieces, pad_id
@@ -165,8 +182,7 @@ def train_docs(
     shim = cast(EarlyExitShim, model.shims[0])
     encoder = shim.encoder
     encoder.train()
-    for param in encoder.transformer.parameters():
-        param.requires_grad_(not shim.freeze_encoder)
+    shim.set_trainable()
     doc_pieces, pad_id = _tokenize(model, docs)
     n_spans, n_words = doc_pieces.n_spans, doc_pieces.n_words
     n_layers, n_classes = encoder.n_layers, encoder.n_classes

@@ -4,6 +4,7 @@ Weights are stored as safetensors, the Hugging Face config as JSON data and
 the tokenizer as its files: loading never unpickles anything and never runs
 remote code.
 """
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -19,6 +20,9 @@ from ..model import EarlyExitEncoder
 from .loading import without_pooler
 
 ENCODER_PREFIX = "transformer."
+WORD_EMBEDDINGS_PREFIX = "transformer.embeddings.word_embeddings."
+EMBEDDINGS_PREFIX = "transformer.embeddings."
+LAYER_PATTERN = re.compile(r"^transformer\.encoder\.layers?\.(\d+)\.")
 POOLER_PREFIX = "transformer.pooler."
 MODEL_DATA_FORMAT = 1
 
@@ -32,7 +36,11 @@ class EarlyExitShim(PyTorchShim):
 
     encoder_learn_rate_scale multiplies the optimizer's learning rate for the
     encoder's parameters (the off-ramps use it unscaled); freeze_encoder keeps
-    the encoder's parameters fixed.
+    the encoder's parameters fixed. freeze_embeddings keeps the word-embedding
+    matrix fixed (no gradient is computed for it; with a 250k-piece vocabulary
+    its dense update dominates a CPU step). layer_lr_decay < 1 gives layer i
+    (1-based, of L) the encoder rate x decay^(L - i) and the embeddings
+    x decay^L (layer-wise rates: lower layers move less).
     """
 
     def __init__(
@@ -41,11 +49,15 @@ class EarlyExitShim(PyTorchShim):
         tokenizer: Any = None,
         encoder_learn_rate_scale: float = 1.0,
         freeze_encoder: bool = False,
+        freeze_embeddings: bool = False,
+        layer_lr_decay: float = 1.0,
     ) -> None:
         super().__init__(model)
         self.tokenizer = tokenizer
         self.encoder_learn_rate_scale = encoder_learn_rate_scale
         self.freeze_encoder = freeze_encoder
+        self.freeze_embeddings = freeze_embeddings
+        self.layer_lr_decay = layer_lr_decay
         #: self-sampling's frozen stage-1 model (training only, not saved)
         self.self_sampling_reference: Any = None
 
@@ -58,13 +70,38 @@ class EarlyExitShim(PyTorchShim):
             )
         return self._model
 
+    def learn_rate_scale(self, name: str) -> Optional[float]:
+        """The optimizer-rate multiplier of the parameter `name` (a name of
+        EarlyExitEncoder.named_parameters()), or None if it is frozen."""
+        if not name.startswith(ENCODER_PREFIX):
+            return 1.0
+        if self.freeze_encoder:
+            return None
+        if self.freeze_embeddings and name.startswith(WORD_EMBEDDINGS_PREFIX):
+            return None
+        scale = self.encoder_learn_rate_scale
+        if self.layer_lr_decay == 1.0:
+            return scale
+        n_layers = self.encoder.n_layers
+        match = LAYER_PATTERN.match(name)
+        if match is not None:
+            return scale * self.layer_lr_decay ** (n_layers - 1 - int(match.group(1)))
+        if name.startswith(EMBEDDINGS_PREFIX):
+            return scale * self.layer_lr_decay**n_layers
+        return scale
+
+    def set_trainable(self) -> None:
+        """requires_grad on the encoder's parameters as learn_rate_scale says
+        (frozen parameters get no gradient at all)."""
+        for name, param in self.encoder.named_parameters():
+            param.requires_grad_(self.learn_rate_scale(name) is not None)
+
     def finish_update(self, optimizer) -> None:
         for name, param in self._model.named_parameters():
             if param.grad is None:
                 continue
-            is_encoder = name.startswith(ENCODER_PREFIX)
-            if not (is_encoder and self.freeze_encoder):
-                scale = self.encoder_learn_rate_scale if is_encoder else 1.0
+            scale = self.learn_rate_scale(name)
+            if scale is not None:
                 weights, _ = optimizer(
                     (self.id, name),
                     torch2xp(param.data),

@@ -26,6 +26,7 @@ from spacy.attrs import IDX, LENGTH
 from spacy.tokens import Doc, Span
 
 from .data_classes import DocPieces, SpanGetter, segment_offsets, segment_positions
+from .piece_split import PieceSplitter, check_piece_split, cut_points
 
 
 def max_pieces_of(tokenizer, config) -> int:
@@ -63,9 +64,16 @@ def encode_texts(tokenizer, texts: List[str]) -> Tuple[List[List[int]], List[Lis
 
 
 def tokenize_docs(
-    docs: Sequence[Doc], get_spans: SpanGetter, tokenizer, max_pieces: int
+    docs: Sequence[Doc], get_spans: SpanGetter, tokenizer, max_pieces: int, piece_split: str = "none"
 ) -> DocPieces:
-    """Tokenize the spans of `docs` and align them to spaCy tokens."""
+    """Tokenize the spans of `docs` and align them to spaCy tokens.
+
+    piece_split: "none" (the tokenizer's pieces), "tokens" or "han" (pieces
+    that cross a spaCy token boundary are cut there; see piece_split.py).
+    """
+    check_piece_split(piece_split)
+    splitter = PieceSplitter(tokenizer) if piece_split != "none" else None
+    token_starts: Dict[int, numpy.ndarray] = {}
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(
             f"{type(tokenizer).__name__} is not a fast (Rust) tokenizer; spacy-earlyexit "
@@ -87,6 +95,12 @@ def tokenize_docs(
         )
         too_long: List[Tuple[int, Span]] = []
         for (doc_index, span), ids, offsets in zip(pending, all_ids, all_offsets):
+            if splitter is not None:
+                if doc_index not in token_starts:
+                    token_starts[doc_index] = docs[doc_index].to_array(IDX).astype("int64", copy=False)
+                text = texts[doc_index][span.start_char : span.end_char]
+                starts = token_starts[doc_index][span.start : span.end] - span.start_char
+                ids, offsets = splitter.split(text, ids, offsets, cut_points(text, starts.tolist(), piece_split))
             if len(ids) > max_pieces and len(span) > 1:
                 middle = len(span) // 2
                 too_long.append((doc_index, span[:middle]))

@@ -47,6 +47,89 @@ def EarlyExitTransformer_v1(
     )
 
 
+@registry.architectures("spacy_earlyexit.EarlyExitTransformer.v2")
+def EarlyExitTransformer_v2(
+    name: str,
+    get_spans: SpanGetter,
+    tokenizer_config: Dict[str, Any] = {},
+    transformer_config: Dict[str, Any] = {},
+    offramp_dropout: float = 0.1,
+    encoder_learn_rate_scale: float = 0.1,
+    freeze_encoder: bool = False,
+    freeze_embeddings: bool = False,
+    layer_lr_decay: float = 1.0,
+    span_batch_size: int = 64,
+    nO: Optional[int] = None,
+):
+    """EarlyExitTransformer.v1 plus two training knobs for large-vocabulary or
+    many-layer encoders (e.g. multilingual-e5-small: 250k pieces, 12 layers).
+
+    freeze_embeddings: keep the word-embedding matrix fixed (it gets no
+        gradient; position/type embeddings and their LayerNorm still train).
+    layer_lr_decay: in (0, 1]; encoder layer i of L (1-based) trains at the
+        encoder rate x layer_lr_decay^(L - i), the embeddings at x decay^L
+        (1.0: one rate for the whole encoder, as v1).
+    The other arguments are those of v1.
+    """
+    return EarlyExitTransformerModel(
+        name=name,
+        get_spans=get_spans,
+        tokenizer_config=tokenizer_config,
+        transformer_config=transformer_config,
+        offramp_dropout=offramp_dropout,
+        encoder_learn_rate_scale=encoder_learn_rate_scale,
+        freeze_encoder=freeze_encoder,
+        span_batch_size=span_batch_size,
+        nO=nO,
+        freeze_embeddings=freeze_embeddings,
+        layer_lr_decay=layer_lr_decay,
+    )
+
+
+@registry.architectures("spacy_earlyexit.EarlyExitTransformer.v3")
+def EarlyExitTransformer_v3(
+    name: str,
+    get_spans: SpanGetter,
+    tokenizer_config: Dict[str, Any] = {},
+    transformer_config: Dict[str, Any] = {},
+    offramp_dropout: float = 0.1,
+    encoder_learn_rate_scale: float = 0.1,
+    freeze_encoder: bool = False,
+    freeze_embeddings: bool = False,
+    layer_lr_decay: float = 1.0,
+    span_batch_size: int = 64,
+    piece_split: str = "none",
+    nO: Optional[int] = None,
+):
+    """EarlyExitTransformer.v2 plus piece_split: which word pieces are cut at
+    spaCy token boundaries (layers/piece_split.py).
+
+    piece_split: "none" (the tokenizer's own pieces; a token after the first
+        of a multi-token piece copies its prediction), "tokens" (no piece
+        crosses a token boundary: on character docs every character has its
+        own pieces) or "han" (cut only next to Han characters: Latin words
+        and numbers keep their pieces). Chinese character docs with a
+        SentencePiece vocabulary (multilingual-e5, XLM-R) need "tokens" or
+        "han", else a word boundary inside a piece such as "在上海" can never
+        be predicted.
+    The other arguments are those of v2.
+    """
+    return EarlyExitTransformerModel(
+        name=name,
+        get_spans=get_spans,
+        tokenizer_config=tokenizer_config,
+        transformer_config=transformer_config,
+        offramp_dropout=offramp_dropout,
+        encoder_learn_rate_scale=encoder_learn_rate_scale,
+        freeze_encoder=freeze_encoder,
+        span_batch_size=span_batch_size,
+        nO=nO,
+        freeze_embeddings=freeze_embeddings,
+        layer_lr_decay=layer_lr_decay,
+        piece_split=piece_split,
+    )
+
+
 @registry.misc("spacy_earlyexit.SelfSampling.v1")
 def make_self_sampling_v1(
     window_range: List[int] = [0, 2],
