@@ -28,11 +28,14 @@ from spacy_earlyexit.layers.piece_split import PIECE_SPLITS
 from spacy_earlyexit.layers.wordpieces import tokenize_docs
 
 
-def measure(tokenizer, docs, piece_split: str, edges: List[List[int]], whole: List[List[tuple]]) -> Dict[str, float]:
+def measure(
+    tokenizer, docs, piece_split: str, edges: List[List[int]], whole: List[List[tuple]], kind: str
+) -> Dict[str, float]:
     """edges: per doc, character offsets of gold edges (word or entity
     starts/ends, excluding 0 and len); whole: per doc, (start, end) char
     offsets of the gold units (words or entities)."""
     get_spans = configure_strided_spans(128, 96)
+    n_predicted = n_correct = 0
     n_chars = n_pieces = n_multi = n_runs = crossed = n_edges = n_whole = n_units = 0
     for start in range(0, len(docs), 256):
         batch = docs[start : start + 256]
@@ -53,6 +56,16 @@ def measure(tokenizer, docs, piece_split: str, edges: List[List[int]], whole: Li
                 n_units += 1
                 ok = (low in cut or low not in char_of) and (high in cut or high not in char_of)
                 n_whole += int(ok)
+            # the best segmentation with no boundary inside a piece: gold
+            # words merged across the boundaries that fall inside a piece
+            merged: List[tuple] = []
+            for low, high in whole[start + i]:
+                if merged and merged[-1][1] == low and low in char_of and low not in cut:
+                    merged[-1] = (merged[-1][0], high)
+                else:
+                    merged.append((low, high))
+            n_predicted += len(merged)
+            n_correct += len(set(merged) & set(whole[start + i]))
         for i, doc in enumerate(batch):
             has = own[offsets[i] : offsets[i + 1]]
             run = 0
@@ -73,7 +86,12 @@ def measure(tokenizer, docs, piece_split: str, edges: List[List[int]], whole: Li
         "edges_inside_a_piece": crossed / max(n_edges, 1),
         "units": n_units,
         "units_on_piece_edges": n_whole / max(n_units, 1),
+        # segmentation: token F of the best segmentation that never cuts a
+        # piece (gold words merged across boundaries inside pieces); NER: the
+        # entity F of recovering exactly the entities on piece edges
+        "ceiling_f": 2 * n_correct / max(n_predicted + n_units, 1) if kind == "segment" else n_whole / max(n_units, 1),
     }
+
 
 
 def word_edges(doc):
@@ -119,7 +137,7 @@ def main() -> None:
             edges = [p[0] for p in pairs]
             whole = [p[1] for p in pairs]
             for piece_split in PIECE_SPLITS:
-                row = measure(tokenizer, chars, piece_split, edges, whole)
+                row = measure(tokenizer, chars, piece_split, edges, whole, kind)
                 results[f"{name}/{piece_split}"] = {"kind": kind, "docs": len(gold), **row}
                 print(name, piece_split, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))
     if args.out:

@@ -2,7 +2,11 @@
 trained with piece_split "none" and "tokens"), at full depth.
 
     python benchmarks/zh_piece_split_speed.py --model none=PIPELINE --model tokens=PIPELINE \
-        --test TEST.spacy [--repetitions 3] [--slice-docs 250] [--out FILE.json]
+        --test TEST.spacy [--repetitions 3] [--slice-docs 250] [--limit N] [--out FILE.json]
+
+PIPELINE@SPLIT loads PIPELINE with its piece_split replaced by SPLIT (same
+weights, another piece split: for speed; its score is of a model trained on
+other pieces).
 
 Every pipeline is scored on the test docs (nlp.evaluate: token_f for
 segmentation, ents_f for NER) and timed with nlp.pipe (batches of 1,024
@@ -23,19 +27,31 @@ import spacy_earlyexit.pipeline.architectures  # noqa: F401 (v3 registered)
 from spacy_earlyexit.tuning.timing import Contestant, fresh_docs, paired_speedup, time_interleaved, time_pipe
 
 
+def load(spec: str):
+    """PIPELINE or PIPELINE@SPLIT (piece_split replaced)."""
+    path, _, piece_split = spec.partition("@")
+    nlp = spacy.load(path)
+    if piece_split:
+        nlp.get_pipe("earlyexit_tagger").model.attrs["piece_split"] = piece_split
+    return nlp
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", required=True)
     parser.add_argument("--test", required=True)
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--slice-docs", type=int, default=250)
+    parser.add_argument("--limit", type=int, default=0)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
     models = dict(item.split("=", 1) for item in args.model)
-    pipelines = {name: spacy.load(path) for name, path in models.items()}
+    pipelines = {name: load(path) for name, path in models.items()}
     first = next(iter(pipelines.values()))
     gold = list(DocBin().from_disk(args.test).get_docs(first.vocab))
+    if args.limit:
+        gold = gold[: args.limit]
     n_chars = sum(len(d.text) for d in gold)
     results = {}
     contestants = []

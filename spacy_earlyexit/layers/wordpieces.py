@@ -14,7 +14,9 @@ whole batch at once in flat arrays instead of span by span: a piece is owned
 by the first token it overlaps, and a token that owns no piece (whitespace,
 characters the tokenizer drops, a piece already owned by its neighbour) is
 no word of the encoder. `tests/layers/test_wordpieces.py` checks this against
-spacy-transformers' function on every span.
+spacy-transformers' function on every span. With piece_split "tokens" or
+"han", pieces that cross a token boundary are first cut there and tokenized
+again part by part (piece_split.py), so that every token owns its pieces.
 """
 from dataclasses import dataclass
 from itertools import chain
