@@ -22,6 +22,7 @@ from ..model.batching import consecutive_groups, length_batches
 from ..model.self_sampling import ReferencePredictions, SelfSampling, sample_exit_layers
 from .data_classes import DocPieces, SpanGetter, TokenOutputs
 from .loading import load_pretrained
+from .piece_split import check_piece_split
 from .shim import EarlyExitShim
 from .token_mapping import borrowed, to_tokens
 from .wordpieces import max_pieces_of, tokenize_docs
@@ -48,10 +49,13 @@ def EarlyExitTransformerModel(
     precision: str = "float32",
     freeze_embeddings: bool = False,
     layer_lr_decay: float = 1.0,
+    piece_split: str = "none",
 ) -> Model[List[Doc], TokenOutputs]:
     """A thinc Model around an EarlyExitEncoder (weights loaded in init).
     precision: "float32", or "int8" (inference only; loaded from a pipeline
-    that `quantize` wrote)."""
+    that `quantize` wrote). piece_split: which word pieces are cut at spaCy
+    token boundaries ("none", "tokens", "han"; see layers/piece_split.py)."""
+    check_piece_split(piece_split)
     if span_batch_size < 1:
         raise ValueError(f"span_batch_size must be >= 1; got {span_batch_size}")
     if not 0.0 <= offramp_dropout < 1.0:
@@ -80,6 +84,7 @@ def EarlyExitTransformerModel(
             "offramp_dropout": offramp_dropout,
             "span_batch_size": span_batch_size,
             "precision": precision,
+            "piece_split": piece_split,
         },
     )
 
@@ -134,7 +139,8 @@ def _tokenize(model: Model, docs: List[Doc]) -> Tuple[DocPieces, int]:
     shim = cast(EarlyExitShim, model.shims[0])
     tokenizer = shim.tokenizer
     doc_pieces = tokenize_docs(
-        docs, model.attrs["get_spans"], tokenizer, max_pieces_of(tokenizer, shim.encoder.transformer.config)
+        docs, model.attrs["get_spans"], tokenizer, max_pieces_of(tokenizer, shim.encoder.transformer.config),
+        model.attrs.get("piece_split", "none"),
     )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return doc_pieces, pad_id

@@ -18,7 +18,9 @@ SentencePiece piece that starts with the metaspace (`▁world`, offsets
 covering the space before the word) is owned by its word, not by the token
 before the space. The project's tests check this against spacy-transformers'
 function on every span (with piece offsets trimmed of whitespace, as Hugging
-Face's `trim_offsets` does for byte-level BPE).
+Face's `trim_offsets` does for byte-level BPE). With piece_split "tokens" or
+"han", pieces that cross a token boundary are first cut there and tokenized
+again part by part (piece_split.py), so that every token owns its pieces.
 """
 from dataclasses import dataclass
 from itertools import chain
@@ -30,6 +32,7 @@ from spacy.attrs import IDX, LENGTH
 from spacy.tokens import Doc, Span
 
 from .data_classes import DocPieces, SpanGetter, segment_offsets, segment_positions
+from .piece_split import PieceSplitter, check_piece_split, cut_points
 
 #: code points that str.isspace() calls whitespace (all below U+3001)
 WHITESPACE_CODE_POINTS = numpy.asarray([c for c in range(0x3001) if chr(c).isspace()], dtype="int64")
@@ -78,9 +81,16 @@ def encode_texts(tokenizer, texts: List[str]) -> Tuple[List[List[int]], List[Lis
 
 
 def tokenize_docs(
-    docs: Sequence[Doc], get_spans: SpanGetter, tokenizer, max_pieces: int
+    docs: Sequence[Doc], get_spans: SpanGetter, tokenizer, max_pieces: int, piece_split: str = "none"
 ) -> DocPieces:
-    """Tokenize the spans of `docs` and align them to spaCy tokens."""
+    """Tokenize the spans of `docs` and align them to spaCy tokens.
+
+    piece_split: "none" (the tokenizer's pieces), "tokens" or "han" (pieces
+    that cross a spaCy token boundary are cut there; see piece_split.py).
+    """
+    check_piece_split(piece_split)
+    splitter = PieceSplitter(tokenizer) if piece_split != "none" else None
+    token_starts: Dict[int, numpy.ndarray] = {}
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(
             f"{type(tokenizer).__name__} is not a fast (Rust) tokenizer; spacy-earlyexit "
@@ -102,6 +112,13 @@ def tokenize_docs(
         all_ids, all_offsets = encode_texts(tokenizer, span_texts)
         too_long: List[Tuple[int, Span]] = []
         for (doc_index, span), span_text, ids, offsets in zip(pending, span_texts, all_ids, all_offsets):
+            if splitter is not None:
+                if doc_index not in token_starts:
+                    token_starts[doc_index] = docs[doc_index].to_array(IDX).astype("int64", copy=False)
+                starts = token_starts[doc_index][span.start : span.end] - span.start_char
+                ids, offsets = splitter.split(
+                    span_text, ids, offsets, cut_points(span_text, starts.tolist(), piece_split)
+                )
             if len(ids) > max_pieces and len(span) > 1:
                 middle = len(span) // 2
                 too_long.append((doc_index, span[:middle]))

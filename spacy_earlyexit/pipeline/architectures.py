@@ -60,6 +60,7 @@ def EarlyExitTransformer_v2(
     layer_lr_decay: float = 1.0,
     span_batch_size: int = 64,
     precision: str = "float32",
+    piece_split: str = "none",
     nO: Optional[int] = None,
 ):
     """EarlyExitTransformer.v1 plus:
@@ -75,6 +76,15 @@ def EarlyExitTransformer_v2(
         scales; off-ramps stay float32). int8 pipelines are inference-only:
         `python -m spacy_earlyexit quantize` makes one from a trained
         pipeline and sets this.
+    piece_split: which word pieces are cut at spaCy token boundaries
+        (layers/piece_split.py): "none" (the tokenizer's own pieces; a token
+        after the first of a multi-token piece copies its prediction),
+        "tokens" (no piece crosses a token boundary: on character docs every
+        character has its own pieces) or "han" (cut only next to Han
+        characters: Latin words and numbers keep their pieces). Chinese
+        character docs with a SentencePiece vocabulary (multilingual-e5,
+        XLM-R) need "tokens" or "han", else a word boundary inside a piece
+        such as "在上海" can never be predicted.
     The other arguments are those of v1.
     """
     return EarlyExitTransformerModel(
@@ -90,6 +100,7 @@ def EarlyExitTransformer_v2(
         nO=nO,
         freeze_embeddings=freeze_embeddings,
         layer_lr_decay=layer_lr_decay,
+        piece_split=piece_split,
     )
 
 

@@ -18,7 +18,12 @@ What counts as a unit:
   before it, e.g. "hello" as one piece of bert-base-chinese spread over five
   character tokens, or a control character the tokenizer drops) gets no class
   (None) and joins the word of the unit before it: the encoder cannot see a
-  boundary inside a piece.
+  boundary inside a piece. A SentencePiece vocabulary (XLM-R,
+  multilingual-e5) holds many such pieces ("北京", and "在上海", which
+  crosses the boundary 在|上海): with the architecture's piece_split
+  "tokens" (or "han") such pieces are cut at every character, so every
+  character has a class and an exit layer of its own and any boundary can be
+  predicted (layers/piece_split.py).
 
 Segmentation always retokenizes: the component's `overwrite` setting has no
 effect (there is no "unset" segmentation to keep). The text is never altered:

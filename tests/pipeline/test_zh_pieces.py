@@ -1,0 +1,147 @@
+"""Chinese segmentation and NER on character docs with a SentencePiece
+tokenizer whose multi-character pieces cross gold word and entity
+boundaries (tests/helpers/tiny_sentencepiece.py): with piece_split "tokens"
+the gold words and entities come back after training on them; with "none"
+(first piece, the rest copy it) every character is still labelled, a piece is
+never cut and an entity never split by the copy."""
+from typing import Dict, List
+
+import pytest
+import spacy
+from spacy.language import Language
+from spacy.tokens import Doc
+from spacy.training import Example
+from spacy.util import fix_random_seed
+
+import spacy_earlyexit.pipeline.architectures  # noqa: F401 (v3 before the entry points are reinstalled)
+from helpers.tiny_sentencepiece import SP_NER_DATA, SP_SEGMENT_DATA, write_tiny_sentencepiece_bert
+
+ZH = spacy.blank("zh")
+
+
+@pytest.fixture(scope="module")
+def sp_bert(tmp_path_factory):
+    return write_tiny_sentencepiece_bert(tmp_path_factory.mktemp("sp_bert"))
+
+
+def make_nlp(bert, task: str, piece_split: str) -> Language:
+    nlp = spacy.blank("zh")
+    model = {
+        "@architectures": "spacy_earlyexit.EarlyExitTransformer.v2", "name": str(bert),
+        "encoder_learn_rate_scale": 1.0, "offramp_dropout": 0.0, "piece_split": piece_split,
+        "get_spans": {"@span_getters": "spacy-transformers.strided_spans.v1", "window": 128, "stride": 96},
+    }
+    nlp.add_pipe("earlyexit_tagger", config={"task": task, "model": model})
+    return nlp
+
+
+def segment_examples(nlp: Language) -> List[Example]:
+    examples = []
+    for line in SP_SEGMENT_DATA:
+        words = line.split("|")
+        reference = Doc(nlp.vocab, words=words, spaces=[False] * len(words))
+        examples.append(Example(nlp.make_doc(reference.text), reference))
+    return examples
+
+
+def ner_examples(nlp: Language) -> List[Example]:
+    return [Example.from_dict(nlp.make_doc(text), {"entities": ents}) for text, ents in SP_NER_DATA]
+
+
+def train(nlp: Language, examples: List[Example], key: str, max_steps: int = 300) -> Dict:
+    fix_random_seed(0)
+    optimizer = nlp.initialize(lambda: examples)
+    optimizer.learn_rate = 3e-3
+    scores: Dict = {}
+    for step in range(1, max_steps + 1):
+        nlp.update(examples, sgd=optimizer, drop=0.0)
+        if step % 25 == 0:
+            scores = nlp.evaluate(examples)
+            if scores[key] == 1.0:
+                break
+    return scores
+
+
+@pytest.fixture(scope="module")
+def segmenter(sp_bert) -> Language:
+    nlp = make_nlp(sp_bert, "segment", "tokens")
+    nlp.scores = train(nlp, segment_examples(nlp), "token_f")
+    return nlp
+
+
+def test_segmentation_round_trip_across_pieces(segmenter):
+    """Gold words in, the same words out, also where a piece ("在上", "海工",
+    "的首") crosses a word boundary."""
+    assert segmenter.scores["token_f"] == 1.0
+    for line in SP_SEGMENT_DATA:
+        text = line.replace("|", "")
+        doc = segmenter(text)
+        assert doc.text == text
+        assert [t.text for t in doc] == line.split("|")
+
+
+def test_word_exit_layer_is_the_max_of_its_characters(segmenter):
+    tagger = segmenter.get_pipe("earlyexit_tagger")
+    texts = [line.replace("|", "") for line in SP_SEGMENT_DATA]
+    setting = {"exit_mode": "token", "threshold": 0.3}
+    outputs = tagger._predict(tagger.exit_settings.updated(**setting), [ZH.make_doc(t) for t in texts])
+    docs = list(segmenter.pipe(texts, component_cfg={"earlyexit_tagger": setting}))
+    for doc, exits in zip(docs, outputs.exit_layers):
+        by_offset = {t.idx: int(e) for t, e in zip(ZH.make_doc(doc.text), exits)}
+        for token in doc:
+            assert token._.exit_layer == max(by_offset[i] for i in range(token.idx, token.idx + len(token)))
+
+
+def test_first_piece_cannot_cut_a_piece(sp_bert):
+    """piece_split "none": the characters after a piece's first copy it, so
+    "在上" stays inside one word whatever the off-ramps say; the text and
+    every character survive."""
+    nlp = make_nlp(sp_bert, "segment", "none")
+    train(nlp, segment_examples(nlp), "token_f", max_steps=50)
+    doc = nlp("我在上海工作")
+    assert doc.text == "我在上海工作"
+    starts = {t.idx for t in doc}
+    assert 2 not in starts and 4 not in starts  # inside "在上" and "海工"
+
+
+@pytest.fixture(scope="module")
+def ner_tokens(sp_bert) -> Language:
+    nlp = make_nlp(sp_bert, "ner", "tokens")
+    nlp.scores = train(nlp, ner_examples(nlp), "ents_f")
+    return nlp
+
+
+def test_ner_entities_start_and_end_inside_pieces(ner_tokens):
+    """上海 starts inside the piece "在上" and ends inside "海工"."""
+    assert ner_tokens.scores["ents_f"] == 1.0
+    for text, ents in SP_NER_DATA:
+        doc = ner_tokens(text)
+        assert doc.text == text
+        assert [(e.start_char, e.end_char, e.label_) for e in doc.ents] == [tuple(e) for e in ents]
+        assert all(t.ent_iob_ in ("B", "I", "O") for t in doc)
+
+
+def test_ner_first_piece_labels_every_character_and_never_splits(sp_bert):
+    """piece_split "none": a piece's class is spread over its characters as
+    one entity piece (B-X I-X ... L-X); every character gets an IOB value and
+    no entity edge falls inside a piece."""
+    nlp = make_nlp(sp_bert, "ner", "none")
+    train(nlp, ner_examples(nlp), "ents_f", max_steps=100)
+    tagger = nlp.get_pipe("earlyexit_tagger")
+    for text, _ in SP_NER_DATA:
+        doc = nlp(text)
+        assert doc.text == text
+        assert all(t.ent_iob_ in ("B", "I", "O") for t in doc)
+        own = tagger.model.predict([ZH.make_doc(text)]).has_output[0]
+        for ent in doc.ents:  # edges on piece edges: the entity starts at an own piece,
+            assert own[ent.start]  # and the character after it (if any) has its own piece
+            assert ent.end == len(doc) or own[ent.end] or doc[ent.end].is_space
+    # the forced case: a piece classed U-LOC gives one entity over both characters
+    doc = ZH.make_doc("我在上海工作")
+    outputs = tagger.model.predict([doc])
+    classes = tagger.classes
+    outputs.labels[0][:] = classes.index("O")
+    outputs.labels[0][1] = classes.index("U-LOC")  # "在上" (owned by 在)
+    outputs.labels[0][2] = classes.index("U-LOC")  # 上 copies it
+    tagger.set_annotations([doc], outputs)
+    assert [(e.text, e.label_) for e in doc.ents] == [("在上", "LOC")]
