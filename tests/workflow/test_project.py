@@ -81,8 +81,10 @@ def test_demo_workflow_end_to_end(tiny_bert, tmp_path):
     metrics = project / "metrics" / "demo"
     sweep = json.loads((metrics / "sweep.json").read_text())
     assert {row["model"] for row in sweep["rows"]} == {"stage1", "stage2"}
-    # off + sentence x 2 thresholds + token x 2 thresholds x 2 windows, per model
-    assert len(sweep["rows"]) == 2 * (1 + 2 + 4)
+    # off + sentence x 2 thresholds + token x 2 thresholds x 2 windows x (plain
+    # TOKEE, entity rule with margin 1), per model
+    assert len(sweep["rows"]) == 2 * (1 + 2 + 2 * 4)
+    assert sum(bool(row["setting"].get("entity_exit")) for row in sweep["rows"]) == 2 * 4
     for row in sweep["rows"]:
         assert 0.0 <= row["score"] <= 1.0 and row["flops_speedup"] >= 1.0 and row["words_per_second"] > 0
     assert (metrics / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -99,6 +101,11 @@ def test_demo_workflow_end_to_end(tiny_bert, tmp_path):
     # annotation: entities (or none) with their exit layers
     assert "tokens/exit layer:" in run.stdout
     assert "entity:" in run.stdout
+    # the exit view of the annotated tweets, its path printed
+    exits = project / "metrics" / "demo" / "exits.html"
+    assert "metrics/demo/exits.html" in run.stdout and exits.exists()
+    page = exits.read_text(encoding="utf8")
+    assert page.count('class="ee-token"') >= 20 and "exit layer" in page
 
     # unchanged steps are skipped on a second run
     again = run_project(project, "demo", overrides)
