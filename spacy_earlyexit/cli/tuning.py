@@ -29,11 +29,18 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         later_factors=parse_later_factors(args.later_factors), n_layers=min(depths) if len(depths) == 1 else None,
         entity_variants=parse_entity_variants(args.entity_margins, args.entity_scales),
     )
+    references = {}
+    for item in args.reference or []:
+        name, _, path = item.partition("=")
+        if not path:
+            raise SystemExit(f"--reference takes NAME=PIPELINE; got {item!r}")
+        references[name] = spacy.load(path)
     result = run_sweep(
         pipelines, args.dev, grid,
         repetitions=args.repetitions, batch_size=args.batch_size, limit=args.limit,
         slice_docs=args.slice_docs,
         progress=not args.no_progress,
+        references=references, reference_repetitions=args.reference_repetitions or None,
     )
     result["models"] = paths
     written = write_results(result, args.output)
@@ -99,6 +106,11 @@ def add_commands(commands: "argparse._SubParsersAction") -> None:
                             "e.g. off,1 compares both")
     sweep.add_argument("--entity-scales", default="1",
                        help="entity_threshold_scale values of the entity rule (e.g. 1,0.5)")
+    sweep.add_argument("--reference", action="append", default=None,
+                       help="NAME=PIPELINE: another pipeline timed (and scored, where the task's scorer "
+                            "applies) alongside, e.g. a spaCy CNN pipeline; drawn in the plot (repeatable)")
+    sweep.add_argument("--reference-repetitions", type=int, default=0,
+                       help="time the references in the first N repetitions only (0: all)")
     sweep.add_argument("--repetitions", type=int, default=3)
     sweep.add_argument("--batch-size", type=int, default=1024)
     sweep.add_argument("--limit", type=int, default=0, help="use only the first N dev docs (0: all)")

@@ -177,7 +177,8 @@ def plot_sweep(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [row for row in result["rows"] if row.get("score") is not None]
+    # the dial's rows; reference pipelines (setting None) come as `reference`
+    rows = [row for row in result["rows"] if row.get("score") is not None and row.get("setting") is not None]
     keys = [key for key in SPEED_KEYS if any(row.get(key) is not None for row in rows)]
     if not keys:
         raise ValueError("the sweep has no scored rows with a speed-up to plot")

@@ -225,3 +225,32 @@ def test_sweep_grid_with_longer_schedules_for_deep_encoders():
     assert setting_name(grid[1]) == "token t=0.05 k=1 m=1/2/4/8"
     with pytest.raises(ValueError, match=">= 5"):
         build_grid(["token"], [0.1], [0], later_factors=[(1.0, 2.0, 4.0, 8.0)], n_layers=4)
+
+
+def test_sweep_times_and_scores_a_reference_pipeline(tiny_bert, tmp_path):
+    from spacy.tokens import DocBin
+    from spacy.training import Example
+
+    from helpers.tiny_bert import POS_DATA, train_tiny_pipeline
+    """A reference pipeline (here: the same pipeline at full depth under
+    another name, so its score is known) is timed alongside, scored by the
+    task's scorer, excluded from choose, and drawn in the plot."""
+    from spacy_earlyexit.tuning.operating_point import pick_for_speedup
+    from spacy_earlyexit.tuning.sweep import run_sweep, write_results
+
+    nlp = train_tiny_pipeline(tiny_bert, "pos", 3)
+    reference = train_tiny_pipeline(tiny_bert, "pos", 3)  # the same seed and data: the same model
+    gold = [Example.from_dict(nlp.make_doc(text), {"pos": tags}).reference for text, tags in POS_DATA]
+    dev = tmp_path / "dev.spacy"
+    DocBin(docs=gold * 3).to_disk(dev)
+    grid = [{"exit_mode": "off"}, {"exit_mode": "token", "threshold": 0.3, "window": 0}]
+    result = run_sweep({"m": nlp}, dev, grid, repetitions=3, batch_size=4, progress=False,
+                       references={"other": reference}, reference_repetitions=2)
+    off, ref = result["rows"][0], result["rows"][-1]
+    assert ref["setting"] is None and ref["name"] == "other" and len(ref["seconds"]) == 2
+    assert ref["score"] == pytest.approx(off["score"])  # same model at full depth
+    assert ref["wall_speedup"] is not None and ref["words_per_second"] > 0
+    assert pick_for_speedup(result["rows"], 0.0)["setting"] is not None
+    paths = write_results(result, tmp_path / "sweep")
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| other |" in paths["md"].read_text()
