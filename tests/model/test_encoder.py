@@ -22,12 +22,11 @@ import torch
 from hypothesis import given, settings as hyp_settings, strategies as st
 from spacy.training import Example
 from torch import nn
-from transformers import BertConfig, BertModel
 
 from spacy_earlyexit.model import EarlyExitEncoder, EncoderBatch, ExitSettings, normalized_entropy
 from spacy_earlyexit.model.exit_policy import layer_thresholds
 
-from helpers.encoders import CLS, N_CLASSES, N_LAYERS, PAD, SEP, VOCAB_SIZE, build_batch, make_encoder, random_bert, random_spans
+from helpers.encoders import N_CLASSES, N_LAYERS, build_batch, make_encoder, random_bert, random_spans
 from helpers.tiny_bert import NER_DATA, corpus_words
 
 

@@ -12,14 +12,13 @@
 """
 import math
 from dataclasses import asdict
-from typing import List, Sequence
+from typing import List
 
 import numpy
 import pytest
 import spacy
 import torch
 from spacy.training import Example
-from transformers import BertConfig, BertModel
 
 from spacy_earlyexit.layers import early_exit_transformer
 from spacy_earlyexit.layers.early_exit_transformer import train_docs
