@@ -194,12 +194,19 @@ def make_handler(nlp: Language, batcher: Optional[MicroBatcher]) -> type:
     return Handler
 
 
+class Server(ThreadingHTTPServer):
+    """ThreadingHTTPServer with a listen backlog for bursts of connections
+    (socketserver's default of 5 resets the rest of a burst of clients)."""
+
+    request_queue_size = 256
+
+
 def make_server(nlp: Language, host: str = "127.0.0.1", port: int = 8080, batching: bool = True,
                 wait_ms: float = 5.0, max_batch_docs: int = 512) -> Tuple[ThreadingHTTPServer, Optional[MicroBatcher]]:
     """An HTTP server for `nlp` (not yet serving: call serve_forever) and its batcher.
     port 0: any free port (server.server_address has it)."""
     batcher = MicroBatcher(nlp, wait_ms, max_batch_docs) if batching else None
-    server = ThreadingHTTPServer((host, port), make_handler(nlp, batcher))
+    server = Server((host, port), make_handler(nlp, batcher))
     server.daemon_threads = True
     return server, batcher
 
