@@ -96,3 +96,22 @@ def train_on(nlp, examples, steps: int):
     for _ in range(steps):
         nlp.update(examples, sgd=optimizer)
     return nlp
+
+
+def train_until_perfect(nlp, examples, key: str, max_steps: int = 300):
+    """Initialize `nlp` on `examples` and update it (fixed seed, lr 3e-3, no
+    dropout) until its `key` score on them is 1.0, checked every 25 steps,
+    or max_steps. Returns the last scores."""
+    from spacy.util import fix_random_seed
+
+    fix_random_seed(0)
+    optimizer = nlp.initialize(lambda: examples)
+    optimizer.learn_rate = 3e-3
+    scores = {}
+    for step in range(1, max_steps + 1):
+        nlp.update(examples, sgd=optimizer, drop=0.0)
+        if step % 25 == 0:
+            scores = nlp.evaluate(examples)
+            if scores[key] == 1.0:
+                break
+    return scores

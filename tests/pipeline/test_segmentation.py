@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 from spacy.language import Language
 from spacy.tokens import Doc
 from spacy.training import Corpus, Example
-from spacy.util import fix_random_seed, get_words_and_spaces
+from spacy.util import get_words_and_spaces
 
 from spacy_earlyexit.workflow.char_bert import SPECIAL_TOKENS, build_char_bert, char_vocab
+from helpers.tiny_bert import train_until_perfect as train
 from helpers.requirements import require
 from spacy_earlyexit.workflow.convert import write_docbin
 from spacy_earlyexit.workflow.convert_zh import (
@@ -229,20 +230,6 @@ def segment_examples(nlp: Language) -> List[Example]:
     """Character docs (nlp.make_doc) with the gold words as reference."""
     return [Example(nlp.make_doc(text_of(line)), reference_doc(nlp.vocab, gold_words(line), text_of(line)))
             for line in SEGMENT_DATA]
-
-
-def train(nlp: Language, examples: List[Example], key: str, max_steps: int = 300) -> Dict:
-    fix_random_seed(0)
-    optimizer = nlp.initialize(lambda: examples)
-    optimizer.learn_rate = 3e-3
-    scores: Dict = {}
-    for step in range(1, max_steps + 1):
-        nlp.update(examples, sgd=optimizer, drop=0.0)
-        if step % 25 == 0:
-            scores = nlp.evaluate(examples)
-            if scores[key] == 1.0:
-                break
-    return scores
 
 
 @pytest.fixture(scope="module")

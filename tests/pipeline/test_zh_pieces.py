@@ -4,16 +4,16 @@ boundaries (tests/helpers/tiny_sentencepiece.py): with piece_split "tokens"
 the gold words and entities come back after training on them; with "none"
 (first piece, the rest copy it) every character is still labelled, a piece is
 never cut and an entity never split by the copy."""
-from typing import Dict, List
+from typing import List
 
 import pytest
 import spacy
 from spacy.language import Language
 from spacy.tokens import Doc
 from spacy.training import Example
-from spacy.util import fix_random_seed
 
 import spacy_earlyexit.pipeline.architectures  # noqa: F401 (v3 before the entry points are reinstalled)
+from helpers.tiny_bert import train_until_perfect as train
 from helpers.tiny_sentencepiece import SP_NER_DATA, SP_SEGMENT_DATA, write_tiny_sentencepiece_bert
 
 ZH = spacy.blank("zh")
@@ -46,20 +46,6 @@ def segment_examples(nlp: Language) -> List[Example]:
 
 def ner_examples(nlp: Language) -> List[Example]:
     return [Example.from_dict(nlp.make_doc(text), {"entities": ents}) for text, ents in SP_NER_DATA]
-
-
-def train(nlp: Language, examples: List[Example], key: str, max_steps: int = 300) -> Dict:
-    fix_random_seed(0)
-    optimizer = nlp.initialize(lambda: examples)
-    optimizer.learn_rate = 3e-3
-    scores: Dict = {}
-    for step in range(1, max_steps + 1):
-        nlp.update(examples, sgd=optimizer, drop=0.0)
-        if step % 25 == 0:
-            scores = nlp.evaluate(examples)
-            if scores[key] == 1.0:
-                break
-    return scores
 
 
 @pytest.fixture(scope="module")
