@@ -19,7 +19,11 @@ class _BatchRun:
 
     hidden: [R, T', d], the states of the R spans still running (rows), the
     grid cut to their longest span; rows: [R] original span of each row;
-    row_of_span: [S] row of each span (-1: dropped).
+    row_of_span: [S] row of each span (-1: dropped). The run ends after
+    layer `last_layer` (the depth cap, max_layer) at the latest; the
+    per-layer outputs (layer_logits [L, W, C], layer_active [L, W]) keep the
+    encoder's L layers, those above last_layer left empty (zeros, False),
+    and hidden_states holds the embeddings and the layers run.
     """
 
     def __init__(
@@ -31,11 +35,17 @@ class _BatchRun:
         return_layer_logits: bool,
         output_hidden_states: bool,
         entity_classes: Optional[torch.Tensor] = None,
+        last_layer: Optional[int] = None,
     ) -> None:
         """rule: the exit rule of the call; forced_exit_layer: [W] long,
         1-based, replaces it for this batch (self-sampling); entity_classes:
-        [C] bool on the batch's device, for rules that read the entity grid."""
+        [C] bool on the batch's device, for rules that read the entity grid;
+        last_layer: the depth cap (1-based; None: the encoder's depth): the
+        words still active after it exit there and the run stops. Forced
+        exit layers ignore it (they may use every layer)."""
         n_layers, n_words = encoder.n_layers, batch.n_words
+        #: 1-based: the run stops after this layer; the words still active exit there
+        self.last_layer = n_layers if last_layer is None or forced_exit_layer is not None else last_layer
         device = batch.input_ids.device
         self.encoder, self.batch = encoder, batch
         self.keep_finished = output_hidden_states
@@ -44,7 +54,8 @@ class _BatchRun:
         self.rows = torch.arange(batch.n_spans, device=device)
         self.row_of_span = self.rows.clone()
         self.word_active = torch.ones(n_words, dtype=torch.bool, device=device)
-        self.exit_layer = torch.full((n_words,), n_layers, dtype=torch.long, device=device)
+        # words that never exit early leave after the last layer run
+        self.exit_layer = torch.full((n_words,), self.last_layer, dtype=torch.long, device=device)
         self.labels = torch.zeros(n_words, dtype=torch.long, device=device)
         self.exit_logits = self.hidden.new_zeros(n_words, encoder.n_classes)
         n_slots = int(batch.word_slot.max()) + 1 if n_words else 0
@@ -105,7 +116,7 @@ class _BatchRun:
             self.layer_active[layer_index, active_words] = True
         self.exit_logits = self.exit_logits.index_put((active_words,), logits)
         self.labels[active_words] = logits.argmax(dim=-1)
-        if layer_index == encoder.n_layers - 1:
+        if layer_index == self.last_layer - 1:
             self.running = False
             return
         exiting = self._exits(layer_index, logits, active_words)

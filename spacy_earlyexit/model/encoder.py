@@ -14,7 +14,7 @@ from torch import nn
 from .batch import EncoderBatch, EncoderOutput
 from .batch_run import _BatchRun, check_entity_classes
 from .cost_model import EncoderShape
-from .exit_policy import exit_rule
+from .exit_policy import exit_rule, last_layer
 from .exit_settings import ExitSettings
 from .families import EncoderFamily, family_of
 from .packed_layer import PieceLayout, masked_layer_forward, packed_layers_forward
@@ -124,14 +124,20 @@ class EarlyExitEncoder(nn.Module):
     ) -> EncoderOutput:
         """Run the encoder with early exit.
 
-        settings: the exit rule (None: full depth).
+        settings: the exit rule (None: full depth). With settings.max_layer
+            the layers above it are not computed: the words still active
+            after layer max_layer exit there.
         entity_classes: [C] bool, the classes inside an entity (needed by
             the entity exit rule, settings.entity_exit; the task gives them).
         forced_exit_layer: [W] long, 1-based exit layer per word, used instead of
-            the exit rule (self-sampling fine-tuning).
-        return_layer_logits: also return every layer's logits (training).
+            the exit rule (self-sampling fine-tuning); settings.max_layer is
+            then ignored (the forced layers may reach the top).
+        return_layer_logits: also return every layer's logits (training),
+            [L, W, C]; with max_layer, layers above it stay zero (and
+            layer_active False).
         output_hidden_states: also return each layer's states; finished spans are
-            then kept in the batch so that every state is available.
+            then kept in the batch so that every state is available. With
+            max_layer: the embeddings and the layers up to max_layer only.
         """
         forced = None if forced_exit_layer is None else [forced_exit_layer]
         return self.forward_batches(
@@ -153,16 +159,21 @@ class EarlyExitEncoder(nn.Module):
         work of batches with few active pieces is merged into one matrix
         product (see packed_layers_forward), which keeps the products large
         after most words have exited. Each batch's output is forward()'s.
-        forced_exit_layers: one [W_b] tensor per batch, or None.
+        The loop stops when no batch is running: after settings.max_layer at
+        the latest, so the layers above the depth cap are never computed.
+        forced_exit_layers: one [W_b] tensor per batch, or None (given:
+        settings.max_layer is ignored, as in forward()).
         entity_classes: [C] bool, as in forward().
         """
-        rule = exit_rule(settings or ExitSettings(), self.n_layers)
+        settings = settings or ExitSettings()
+        rule = exit_rule(settings, self.n_layers)
         entity_classes = check_entity_classes(rule, entity_classes, self.n_classes)
         runs = [
             _BatchRun(
                 self, batch, rule,
                 None if forced_exit_layers is None else forced_exit_layers[index],
                 return_layer_logits, output_hidden_states, entity_classes,
+                last_layer(settings, self.n_layers),
             )
             for index, batch in enumerate(batches)
         ]

@@ -10,7 +10,9 @@ them changes during a call, so one rule can serve concurrent calls.
 
 `exit_rule(settings, n_layers)` turns the run-time dial (ExitSettings) into a
 rule; self-sampling builds `TokenExit` (or `EntityTokenExit`) with per-span
-windows and thresholds.
+windows and thresholds. `last_layer(settings, n_layers)` is the depth cap
+(settings.max_layer): the layer after which every word still active exits;
+the rules are not asked about it (nobody stays behind there).
 
 `EntityTokenExit` is TOKEE for entities: the rule also reads, per word,
 whether its latest prediction is a class inside an entity (the `entity`
@@ -296,8 +298,23 @@ def layer_thresholds(settings: ExitSettings, n_layers: int) -> list:
     return [min(1.0, settings.threshold * m) for m in settings.threshold_multipliers]
 
 
+def last_layer(settings: ExitSettings, n_layers: int) -> int:
+    """The last layer (1-based) a call with `settings` runs on an encoder of
+    `n_layers` layers: settings.max_layer, or n_layers without a cap.
+    Raises ValueError when max_layer exceeds the encoder's depth."""
+    if settings.max_layer is None:
+        return n_layers
+    if settings.max_layer > n_layers:
+        raise ValueError(f"max_layer is {settings.max_layer} but the encoder has {n_layers} layers")
+    return settings.max_layer
+
+
 def exit_rule(settings: ExitSettings, n_layers: int) -> ExitRule:
-    """The rule of the run-time dial for an encoder of `n_layers` layers."""
+    """The rule of the run-time dial for an encoder of `n_layers` layers
+    (which also checks the settings against that depth: one threshold
+    multiplier per layer, max_layer <= n_layers; see last_layer for the
+    depth cap itself)."""
+    last_layer(settings, n_layers)
     thresholds = layer_thresholds(settings, n_layers)
     if settings.exit_mode == "off":
         return NoExit()

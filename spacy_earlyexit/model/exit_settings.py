@@ -1,4 +1,5 @@
-"""Run-time early-exit settings: which exit rule, its threshold and window.
+"""Run-time early-exit settings: which exit rule, its threshold and window,
+and how deep the encoder may run (max_layer).
 
 These settings are the speed/accuracy dial. They are plain data, validated on
 construction, and know nothing of spaCy.
@@ -40,6 +41,14 @@ class ExitSettings:
         for it (>= 0).
     entity_threshold_scale: in (0, 1]: tokens predicted inside an entity
         need an uncertainty below threshold x this (1: the same threshold).
+    max_layer: the depth cap: at most this many layers (1-based) run; the
+        words still active after layer max_layer exit there with that
+        off-ramp's prediction, and the layers above are not computed. None:
+        every layer. Works with every exit_mode ("off" + max_layer is the
+        network cut after layer max_layer). Must not exceed the encoder's
+        depth (checked where the rule is built: exit_policy.exit_rule).
+        Training (plain or self-sampling) ignores it: every off-ramp is
+        trained.
     """
 
     exit_mode: str = "off"
@@ -51,6 +60,7 @@ class ExitSettings:
     entity_exit: bool = False
     entity_margin: int = 1
     entity_threshold_scale: float = 1.0
+    max_layer: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.exit_mode not in EXIT_MODES:
@@ -81,6 +91,12 @@ class ExitSettings:
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.0 < scale <= 1.0:
             raise ValueError(f"entity_threshold_scale must be in (0, 1]; got {scale!r}")
         object.__setattr__(self, "entity_threshold_scale", float(scale))
+        if self.max_layer is not None and (
+            isinstance(self.max_layer, bool) or not isinstance(self.max_layer, int) or self.max_layer < 1
+        ):
+            raise ValueError(
+                f"max_layer must be an integer >= 1 (or None: every layer); got {self.max_layer!r}"
+            )
         if self.threshold_multipliers is not None:
             multipliers = tuple(self.threshold_multipliers)
             if not multipliers or any(

@@ -46,6 +46,7 @@ DEFAULT_MODEL = Config().from_str(DEFAULT_MODEL_CONFIG)["model"]
         "entity_exit": False,
         "entity_margin": 1,
         "entity_threshold_scale": 1.0,
+        "max_layer": None,
         "loss_weights": "depth",
         "distillation": 0.0,
         "distillation_temperature": 1.0,
@@ -79,6 +80,7 @@ def make_earlyexit_tagger(
     entity_exit: bool,
     entity_margin: int,
     entity_threshold_scale: float,
+    max_layer: Optional[int],
     loss_weights: str,
     distillation: float,
     distillation_temperature: float,
@@ -89,7 +91,8 @@ def make_earlyexit_tagger(
     """Create an earlyexit_tagger. task: "ner", "tag", "pos" or "segment";
     exit_mode, threshold, window, window_includes_exited,
     threshold_multipliers, sentence_score, entity_exit, entity_margin and
-    entity_threshold_scale: the exit rule (see ExitSettings); loss_weights:
+    entity_threshold_scale: the exit rule (see ExitSettings); max_layer: the
+    depth cap, at most this many layers run (None: all); loss_weights:
     "depth", "uniform" or "last"; distillation, distillation_temperature:
     share a of the last layer's distribution (at temperature T) in the
     earlier off-ramps' loss (see loss.early_exit_loss; 0: off);
@@ -105,6 +108,7 @@ def make_earlyexit_tagger(
         entity_exit=entity_exit,
         entity_margin=entity_margin,
         entity_threshold_scale=entity_threshold_scale,
+        max_layer=max_layer,
     )
     return EarlyExitTagger(
         nlp.vocab,
