@@ -47,10 +47,27 @@ def cmd_annotate(args: argparse.Namespace) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> dict:
-    """The exit settings given on the command line (for this run only)."""
-    return {name: value for name, value in
-            (("exit_mode", args.exit_mode), ("threshold", args.threshold), ("window", args.window))
-            if value is not None}
+    """The exit settings given on the command line (for this run only);
+    --max-layer all gives max_layer None (lifts a saved depth cap)."""
+    overrides = {name: value for name, value in
+                 (("exit_mode", args.exit_mode), ("threshold", args.threshold), ("window", args.window))
+                 if value is not None}
+    if args.max_layer is not None:
+        overrides["max_layer"] = None if args.max_layer == "all" else args.max_layer
+    return overrides
+
+
+def _max_layer(text: str):
+    """--max-layer: an integer >= 1, or "all" (no cap)."""
+    if text == "all":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"max layer must be an integer >= 1 or 'all'; got {text!r}")
+    return value
 
 
 def _add_exit_overrides(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +75,8 @@ def _add_exit_overrides(parser: argparse.ArgumentParser) -> None:
                         help="override the saved exit setting for this run")
     parser.add_argument("--threshold", type=float, default=None, help="override the saved threshold")
     parser.add_argument("--window", type=int, default=None, help="override the saved window")
+    parser.add_argument("--max-layer", type=_max_layer, default=None,
+                        help="override the saved depth cap: at most N layers run ('all': every layer)")
 
 
 def cmd_render(args: argparse.Namespace) -> None:

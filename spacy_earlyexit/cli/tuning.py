@@ -10,7 +10,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     import spacy
     import torch
 
-    from ..tuning.grid import parse_entity_variants
+    from ..tuning.grid import parse_entity_variants, parse_max_layers
     from ..tuning.sweep import build_grid, markdown_table, parse_later_factors, per_type_table, run_sweep, write_results
 
     if args.threads:
@@ -28,6 +28,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         words(args.modes), floats(args.thresholds), ints(args.windows),
         later_factors=parse_later_factors(args.later_factors), n_layers=min(depths) if len(depths) == 1 else None,
         entity_variants=parse_entity_variants(args.entity_margins, args.entity_scales),
+        max_layers=parse_max_layers(args.max_layers),
     )
     references = {}
     for item in args.reference or []:
@@ -54,6 +55,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def cmd_choose(args: argparse.Namespace) -> None:
+    from ..tuning.grid import is_baseline
     from ..tuning.operating_point import baseline_score, pick_for_speedup, pick_within_loss, write_operating_point
 
     result = json.loads(Path(args.sweep).read_text(encoding="utf8"))
@@ -77,8 +79,8 @@ def cmd_choose(args: argparse.Namespace) -> None:
           f"{row.get('wall_speedup') or float('nan'):.2f}x, mean exit layer {row['exit_layer_mean']:.2f})")
     per_type = row.get("per_type")
     if per_type:
-        off_types = next((r.get("per_type") or {} for r in rows if r["setting"] is not None
-                          and r["setting"]["exit_mode"] == "off" and r["model"] == row["model"]), {})
+        off_types = next((r.get("per_type") or {} for r in rows
+                          if is_baseline(r["setting"]) and r["model"] == row["model"]), {})
         print("entity F per type (vs off): " + ", ".join(
             f"{label} {value * 100:.1f} ({(value - off_types.get(label, value)) * 100:+.1f})"
             for label, value in per_type.items()
@@ -106,6 +108,10 @@ def add_commands(commands: "argparse._SubParsersAction") -> None:
                             "e.g. off,1 compares both")
     sweep.add_argument("--entity-scales", default="1",
                        help="entity_threshold_scale values of the entity rule (e.g. 1,0.5)")
+    sweep.add_argument("--max-layers", default="all",
+                       help="depth caps (max_layer): at most L layers run, the words still active exit at "
+                            "layer L; 'all' is no cap; e.g. 8,all compares layer 8 with full depth (each cap "
+                            "also alone, with exit mode off)")
     sweep.add_argument("--reference", action="append", default=None,
                        help="NAME=PIPELINE: another pipeline timed (and scored, where the task's scorer "
                             "applies) alongside, e.g. a spaCy CNN pipeline; drawn in the plot (repeatable)")

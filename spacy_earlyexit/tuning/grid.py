@@ -1,5 +1,5 @@
 """The settings of a sweep: exit mode x threshold x window x threshold
-schedule, and their short names ("token t=0.2 k=1 m=4")."""
+schedule x depth cap, and their short names ("token t=0.2 k=1 m=4 ≤L8")."""
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..model import EXIT_MODES
@@ -23,6 +23,26 @@ def parse_later_factors(text: str) -> List[LaterFactor]:
     return factors
 
 
+def parse_max_layers(text: str) -> List[Optional[int]]:
+    """"8,12,all" -> [8, 12, None] (the depth caps of a sweep: max_layer;
+    "all" is no cap, every layer)."""
+    caps: List[Optional[int]] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        if item == "all":
+            caps.append(None)
+            continue
+        try:
+            cap = int(item)
+        except ValueError:
+            cap = 0
+        if cap < 1:
+            raise ValueError(f"max layers are 'all' (no cap) or integers >= 1; got {item!r}")
+        caps.append(cap)
+    return caps
+
+
 def build_grid(
     modes: Sequence[str],
     thresholds: Sequence[float],
@@ -30,12 +50,19 @@ def build_grid(
     later_factors: Sequence[LaterFactor] = (1.0,),
     n_layers: Optional[int] = None,
     entity_variants: Sequence[Optional[Tuple[int, float]]] = (None,),
+    max_layers: Sequence[Optional[int]] = (None,),
 ) -> List[Dict[str, Any]]:
-    """The settings of a sweep: "off" first, then each mode x threshold
-    (x window x entity variant, for token mode only) x later-layer factor.
+    """The settings of a sweep: "off" first (at full depth: the baseline),
+    then "off" at each depth cap (the truncated network alone), then each
+    mode x threshold (x window x entity variant, for token mode only) x
+    later-layer factor x depth cap.
 
     entity_variants: None for plain TOKEE, (margin, scale) for the entity
         rule (entity_exit with entity_margin and entity_threshold_scale).
+    max_layers: depth caps (the setting max_layer); None is no cap. Settings
+        with a cap carry "max_layer", the others do not (so the default
+        (None,) gives the grid without caps). Caps above n_layers (when
+        given) raise ValueError.
 
     later_factors: a factor f other than 1 gives the schedule
         threshold_multipliers = [1, f, ..., f] (the threshold at layers 2 and
@@ -67,7 +94,12 @@ def build_grid(
                 f"encoder's number of layers (>= {needed})"
             )
         schedules.append([1.0] + values + [values[-1]] * (n_layers - needed))
+    caps = list(dict.fromkeys(max_layers)) or [None]
+    for cap in caps:
+        if cap is not None and n_layers is not None and cap > n_layers:
+            raise ValueError(f"max_layer {cap} is more than the encoder's {n_layers} layers")
     grid: List[Dict[str, Any]] = [{"exit_mode": "off"}]
+    grid.extend({"exit_mode": "off", "max_layer": int(cap)} for cap in caps if cap is not None)
     for mode in modes:
         for threshold in thresholds:
             bases: List[Dict[str, Any]] = []
@@ -81,8 +113,22 @@ def build_grid(
                 )
             for base in bases:
                 for schedule in schedules:
-                    grid.append(base if schedule is None else {**base, "threshold_multipliers": schedule})
+                    scheduled = base if schedule is None else {**base, "threshold_multipliers": schedule}
+                    grid.extend(scheduled if cap is None else {**scheduled, "max_layer": int(cap)} for cap in caps)
     return grid
+
+
+def is_baseline(setting: Optional[Mapping[str, Any]]) -> bool:
+    """Whether a sweep setting is exit mode "off" at full depth (no
+    max_layer): the row speed-ups and score losses are measured against.
+    None (a reference pipeline's row) is not."""
+    return setting is not None and setting.get("exit_mode") == "off" and setting.get("max_layer") is None
+
+
+def depth_label(setting: Mapping[str, Any]) -> str:
+    """" ≤L8" for a setting with max_layer 8; "" without a depth cap."""
+    cap = setting.get("max_layer")
+    return f" ≤L{cap}" if cap is not None else ""
 
 
 def entity_setting(variant: Optional[Tuple[int, float]]) -> Dict[str, Any]:
@@ -130,11 +176,12 @@ def setting_name(setting: Mapping[str, Any]) -> str:
     """A short label such as "token t=0.2 k=1" (" m=4": threshold x4 after
     layer 1; " m=4/16": x4 at layer 2, x16 from layer 3 on).
 
-    A setting that leaves out a value (the pipeline's own is used) leaves it
-    out of the label too."""
+    " ≤L8" at the end: at most 8 layers run (max_layer). A setting that
+    leaves out a value (the pipeline's own is used) leaves it out of the
+    label too."""
     mode = setting.get("exit_mode")
     if mode == "off":
-        return "off"
+        return "off" + depth_label(setting)
     name = mode if mode is not None else "current"
     if "threshold" in setting:
         name += f" t={setting['threshold']:g}"
@@ -143,7 +190,7 @@ def setting_name(setting: Mapping[str, Any]) -> str:
     multipliers = setting.get("threshold_multipliers")
     if multipliers:
         name += f" m={schedule_label(multipliers)}"
-    return name + entity_label(setting)
+    return name + entity_label(setting) + depth_label(setting)
 
 
 def entity_label(setting: Mapping[str, Any]) -> str:
@@ -158,8 +205,13 @@ def entity_label(setting: Mapping[str, Any]) -> str:
 
 def dial_series(rows: Sequence[Mapping[str, Any]]) -> Dict[str, List[Mapping[str, Any]]]:
     """Rows grouped into dial curves: one per exit mode (and window, in token
-    mode), each starting at the "off" row and ordered by threshold."""
-    off = [r for r in rows if r["setting"] is not None and r["setting"]["exit_mode"] == "off"]
+    mode, and depth cap), each starting at the "off" row of its depth cap
+    and ordered by threshold. A capped "off" row that starts no curve is a
+    curve of its own ("off ≤L8")."""
+    off: Dict[Optional[int], List[Mapping[str, Any]]] = {}
+    for row in rows:
+        if row["setting"] is not None and row["setting"]["exit_mode"] == "off":
+            off.setdefault(row["setting"].get("max_layer"), []).append(row)
     series: Dict[str, List[Mapping[str, Any]]] = {}
     for row in rows:
         setting = row["setting"]
@@ -168,10 +220,15 @@ def dial_series(rows: Sequence[Mapping[str, Any]]) -> Dict[str, List[Mapping[str
         label = setting["exit_mode"]
         if setting["exit_mode"] == "token":
             label += f" k={setting['window']}" + entity_label(setting)
+        label += depth_label(setting)
         multipliers = setting.get("threshold_multipliers")
         if multipliers:  # a threshold schedule is a curve of its own
             label = setting_name({**setting, "threshold": 0.0}).replace(" t=0", "")
-        series.setdefault(label, list(off)).append(row)
+        series.setdefault(label, list(off.get(setting.get("max_layer"), []))).append(row)
+    started = {row["setting"].get("max_layer") for curve in series.values() for row in curve}
+    for cap, members in off.items():
+        if cap is not None and cap not in started:
+            series["off" + depth_label(members[0]["setting"])] = list(members)
     for label, members in series.items():
         members.sort(key=lambda r: r["setting"].get("threshold", 0.0))
     return series

@@ -9,6 +9,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import spacy
 
+from .grid import is_baseline
+
 SPEEDUP_KEYS = ("flops_speedup", "wall_speedup")
 COMPONENT = "earlyexit_tagger"
 
@@ -33,10 +35,10 @@ def _rows_of(rows: Sequence[Row], model: Optional[str], speedup_key: str) -> Lis
 
 
 def baseline_score(rows: Sequence[Row], model: Optional[str] = None) -> float:
-    """The score of the pipeline's exit_mode "off" row."""
-    off = [row for row in _rows_of(rows, model, "flops_speedup") if row["setting"]["exit_mode"] == "off"]
+    """The score of the pipeline's exit_mode "off" row at full depth (no max_layer)."""
+    off = [row for row in _rows_of(rows, model, "flops_speedup") if is_baseline(row["setting"])]
     if not off:
-        raise ValueError("the sweep has no exit_mode 'off' row to compare with")
+        raise ValueError("the sweep has no exit_mode 'off' row at full depth to compare with")
     return float(off[0]["score"])
 
 
@@ -68,7 +70,7 @@ def pick_within_loss(
     model: Optional[str] = None,
 ) -> Optional[Row]:
     """The fastest row whose score is at most `max_loss` below the "off"
-    row's (ties: the better score). max_loss is in the score's own units:
+    row's at full depth (ties: the better score). max_loss is in the score's own units:
     0.01 is one point of F1 or accuracy."""
     if max_loss < 0:
         raise ValueError(f"max_loss must be >= 0; got {max_loss}")
@@ -80,8 +82,10 @@ def pick_within_loss(
 
 
 def exit_changes(row: Row) -> Dict[str, Any]:
-    """The configure_exit arguments of a sweep row."""
-    return dict(row["setting"])
+    """The configure_exit arguments of a sweep row. They always set
+    max_layer: a row without it (e.g. from a sweep older than the setting)
+    ran at full depth, so a depth cap saved in the pipeline is removed."""
+    return {**row["setting"], "max_layer": row["setting"].get("max_layer")}
 
 
 def write_operating_point(

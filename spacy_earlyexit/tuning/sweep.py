@@ -1,4 +1,5 @@
-"""The speed/accuracy sweep: exit mode x threshold x window on a dev set.
+"""The speed/accuracy sweep: exit mode x threshold x window (x depth cap)
+on a dev set.
 
 For every trained pipeline given (e.g. stage 1 and stage 2) and every setting
 of the grid: the task's headline score, mean exit layer, analytic FLOPs
@@ -20,7 +21,10 @@ from spacy.tokens import Doc, DocBin
 from spacy.training import Example
 from tqdm import tqdm
 
-from .grid import build_grid, dial_series, entity_label, parse_later_factors, schedule_label, setting_name  # noqa: F401
+from .grid import (  # noqa: F401 (re-exported)
+    build_grid, dial_series, entity_label, is_baseline, parse_later_factors, parse_max_layers, schedule_label,
+    setting_name,
+)
 from .timing import (  # noqa: F401 (re-exported)
     COMPONENT, Contestant, doc_slices, fresh_docs, paired_speedup, time_interleaved, time_pipe, words_per_second,
 )
@@ -46,16 +50,19 @@ def run_sweep(
     dev_path: .spacy file with gold annotation; limit: use only its first N
         docs (0: all).
     grid: settings as accepted by configure_exit (see build_grid); one of
-        them should be {"exit_mode": "off"}, the wall-clock baseline.
+        them should be {"exit_mode": "off"}, the wall-clock baseline. A
+        setting without max_layer runs at full depth (max_layer None, not
+        the pipeline's saved cap); each row's setting records it.
     slice_docs: interleave the settings on slices of this many docs (0: one
         nlp.pipe batch, batch_size docs).
     references: other pipelines (name -> Language) timed alongside on the
         same docs, for throughput only (rows with setting None); only in the
         first reference_repetitions repetitions when given.
     Returns a JSON-friendly dict; its "rows" hold, per pipeline and setting:
-    model, name, setting, score, per_type (NER: entity type -> F, so that
-    one sees which types early exit hurts), exit_layer_mean, flops_speedup,
-    seconds (per repetition), words_per_second and wall_speedup.
+    model, name, setting (with max_layer), score, per_type (NER: entity
+    type -> F, so that one sees which types early exit hurts),
+    exit_layer_mean, flops_speedup, seconds (per repetition),
+    words_per_second and wall_speedup.
     """
     loaded: Dict[str, Language] = {}
     gold: Dict[str, List[Doc]] = {}
@@ -79,7 +86,8 @@ def run_sweep(
         raise ValueError(f"{dev_path} has no words")
 
     rows: List[Dict[str, Any]] = [
-        {"model": model_name, "name": setting_name(setting), "setting": dict(setting)}
+        {"model": model_name, "name": setting_name(setting),
+         "setting": {**setting, "max_layer": setting.get("max_layer")}}
         for model_name in loaded for setting in grid
     ]
     annotated: Dict[int, List[Doc]] = {id(row): [] for row in rows}
@@ -113,7 +121,9 @@ def run_sweep(
         contestants.append(Contestant(name, reference_run(name, nlp), reference_repetitions))
         rows.append({"model": name, "name": name, "setting": None})
     for model_name, nlp in loaded.items():  # warm-up
-        time_pipe(nlp, fresh_docs(nlp, gold[model_name][:64]), batch_size, {"exit_mode": "off"})
+        time_pipe(
+            nlp, fresh_docs(nlp, gold[model_name][:64]), batch_size, {"exit_mode": "off", "max_layer": None}
+        )
     for nlp in (references or {}).values():
         time_pipe(nlp, fresh_docs(nlp, first[:64]), batch_size)
     n_slices = len(doc_slices(len(first), slice_docs or batch_size))
@@ -141,7 +151,7 @@ def run_sweep(
             row["per_type"] = per_type
         row["exit_layer_mean"] = scores.get("exit_layer_mean")
         row["flops_speedup"] = scores.get("flops_speedup")
-    off = [row for row in rows if row["setting"] is not None and row["setting"]["exit_mode"] == "off"]
+    off = [row for row in rows if is_baseline(row["setting"])]
     base = {row["model"]: row["seconds"] for row in off}
     first_base = off[0]["seconds"] if off else None
     for row in rows:
@@ -178,7 +188,7 @@ def per_type_table(result: Mapping[str, Any]) -> str:
     if not rows:
         return ""
     types = sorted({label for r in rows for label in r["per_type"]})
-    off = {r["model"]: r["per_type"] for r in rows if _mode(r) == "off"}
+    off = {r["model"]: r["per_type"] for r in rows if is_baseline(r["setting"])}
     lines = [
         "| model | setting | " + " | ".join(types) + " |",
         "|---|---|" + "---|" * len(types),
@@ -190,7 +200,7 @@ def per_type_table(result: Mapping[str, Any]) -> str:
             value = row["per_type"].get(label)
             if value is None:
                 cells.append("–")
-            elif _mode(row) == "off" or label not in base:
+            elif is_baseline(row["setting"]) or label not in base:
                 cells.append(f"{value * 100:.1f}")
             else:
                 cells.append(f"{value * 100:.1f} ({(value - base[label]) * 100:+.1f})")
@@ -203,14 +213,15 @@ def _fmt(value: Optional[float], pattern: str) -> str:
 
 
 def markdown_table(result: Mapping[str, Any]) -> str:
-    """The sweep as a markdown table (scores in points, Δ against "off" of
-    the same pipeline; "E1" after the window: the entity rule, margin 1)."""
+    """The sweep as a markdown table (scores in points, Δ against "off" at
+    full depth of the same pipeline; "E1" after the window: the entity rule,
+    margin 1; max layer: the depth cap, "all" without one)."""
     key = result["score_key"]
-    off = {r["model"]: r.get("score") for r in result["rows"] if _mode(r) == "off"}
+    off = {r["model"]: r.get("score") for r in result["rows"] if is_baseline(r["setting"])}
     lines = [
-        f"| model | mode | threshold | window | later x | {key} | Δ vs off | mean exit layer "
+        f"| model | mode | threshold | window | later x | max layer | {key} | Δ vs off | mean exit layer "
         "| FLOPs speed-up | words/s | wall speed-up | wall / FLOPs |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
         setting, score = row["setting"] or {"exit_mode": "–"}, row.get("score")
@@ -219,7 +230,7 @@ def markdown_table(result: Mapping[str, Any]) -> str:
         lines.append(
             f"| {row['model']} | {setting['exit_mode']} | {_fmt(setting.get('threshold'), '{:g}')} "
             f"| {_fmt(setting.get('window'), '{}')}{entity_label(setting)} | {_later(setting)} "
-            f"| {_fmt(None if score is None else score * 100, '{:.2f}')} "
+            f"| {_max_layer(row['setting'])} | {_fmt(None if score is None else score * 100, '{:.2f}')} "
             f"| {_fmt(delta, '{:+.2f}')} | {_fmt(row.get('exit_layer_mean'), '{:.2f}')} "
             f"| {_fmt(row.get('flops_speedup'), '{:.2f}x')} | {_fmt(row.get('words_per_second'), '{:.0f}')} "
             f"| {_fmt(row.get('wall_speedup'), '{:.2f}x')} | {_fmt(_ratio(row), '{:.2f}')} |"
@@ -227,9 +238,13 @@ def markdown_table(result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _mode(row: Mapping[str, Any]) -> Optional[str]:
-    """The row's exit mode (None for a reference pipeline's row)."""
-    return row["setting"]["exit_mode"] if row["setting"] is not None else None
+def _max_layer(setting: Optional[Mapping[str, Any]]) -> str:
+    """The depth cap in a table cell: "all" (none), the layer, or "–" for a
+    reference pipeline's row."""
+    if setting is None:
+        return "–"
+    cap = setting.get("max_layer")
+    return "all" if cap is None else str(cap)
 
 
 def _later(setting: Mapping[str, Any]) -> str:

@@ -35,7 +35,7 @@ STYLES = ("exits",)
 ANNOTATIONS = ("auto", "ents", "pos", "tag", "words", "none")
 UNSPACED_LANGS = ("zh", "ja", "th", "lo", "km", "my", "bo")
 #: keys of the exit settings shown in the summary, as in ExitSettings
-SETTING_KEYS = ("exit_mode", "threshold", "window", "threshold_multipliers", "sentence_score")
+SETTING_KEYS = ("exit_mode", "threshold", "window", "threshold_multipliers", "sentence_score", "max_layer")
 
 FONT = ("-apple-system, BlinkMacSystemFont, 'Segoe UI', Helvetica, Arial, sans-serif, "
         "'Apple Color Emoji', 'Segoe UI Emoji', 'Segoe UI Symbol'")
@@ -276,6 +276,8 @@ def summary_items(
     used.update({key: value for key, value in (settings or {}).items() if key in SETTING_KEYS})
     if "exit_mode" in used:
         items["exit mode"] = str(used["exit_mode"])
+    if used.get("max_layer") is not None:
+        items["max layer"] = str(used["max_layer"])
     if used.get("exit_mode") != "off":
         if used.get("threshold") is not None:
             items["threshold"] = f"{float(used['threshold']):g}"

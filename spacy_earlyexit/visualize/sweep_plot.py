@@ -1,6 +1,6 @@
 """The sweep as a picture: score against speed-up, one colour per pipeline,
 one marker and line style per dial curve (exit mode, window, threshold
-schedule), the Pareto frontier of every pipeline, the chosen operating point
+schedule, depth cap: "≤L8"), the Pareto frontier of every pipeline, the chosen operating point
 and another pipeline for reference.
 
     from spacy_earlyexit.visualize import plot_sweep
@@ -13,7 +13,7 @@ matplotlib (the "plot" extra) is imported only when plot_sweep is called.
 from pathlib import Path
 from typing import Any, List, Mapping, Optional, Sequence, Union
 
-from ..tuning.grid import dial_series
+from ..tuning.grid import dial_series, is_baseline
 
 Row = Mapping[str, Any]
 SPEED_KEYS = ("wall_speedup", "flops_speedup")
@@ -61,11 +61,12 @@ def pareto_front(rows: Sequence[Row], speed_key: Optional[str] = None) -> List[R
 def reference_speedup(reference: Mapping[str, Any], rows: Sequence[Row]) -> Optional[float]:
     """Where a reference pipeline sits on the wall-clock axis: its
     "wall_speedup" if given, else its "words_per_second" over the mean
-    words/s of the sweep's exit-mode-off rows (None when neither is known)."""
+    words/s of the sweep's exit-mode-off rows at full depth (None when
+    neither is known)."""
     if reference.get("wall_speedup") is not None:
         return float(reference["wall_speedup"])
     off = [row["words_per_second"] for row in rows
-           if row["setting"]["exit_mode"] == "off" and row.get("words_per_second")]
+           if is_baseline(row["setting"]) and row.get("words_per_second")]
     if reference.get("words_per_second") is None or not off:
         return None
     return float(reference["words_per_second"]) / (sum(off) / len(off))

@@ -117,7 +117,8 @@ def test_chosen_setting_is_written_into_the_pipeline(tiny_bert, tmp_path):
     out = write_operating_point(tmp_path / "pipeline", chosen, tmp_path / "chosen")
     settings = spacy.load(out).get_pipe("earlyexit_tagger").exit_settings
     assert (settings.exit_mode, settings.threshold, settings.window) == ("token", 0.2, 1)
-    assert exit_changes(chosen) == {"exit_mode": "token", "threshold": 0.2, "window": 1}
+    # max_layer too: a row without it ran at full depth
+    assert exit_changes(chosen) == {"exit_mode": "token", "threshold": 0.2, "window": 1, "max_layer": None}
     # the original is untouched
     original = json.loads((tmp_path / "pipeline" / "earlyexit_tagger" / "cfg").read_text())
     assert original["exit"]["exit_mode"] == "off"
