@@ -164,6 +164,25 @@ def test_cli_local(pipeline, tmp_path, capsys):
     assert rows == expected(nlp, TEXTS, {"threshold": 1.0, "window": 0})
 
 
+def test_cli_max_layer(pipeline, tmp_path):
+    """--max-layer caps the depth for the run; 'all' lifts a cap."""
+    from spacy_earlyexit.cli.annotate import _overrides
+    from spacy_earlyexit.cli import build_parser
+
+    nlp, folder = pipeline
+    source = write_jsonl(tmp_path / "in.jsonl", TEXTS)
+    main(["annotate", str(folder), str(source), str(tmp_path / "out.jsonl"), "--exit-mode", "off",
+          "--max-layer", "2", "--no-progress"])
+    rows = without_meta(from_jsonl(tmp_path / "out.jsonl"))
+    assert exit_layers(rows) == {2}
+    assert rows == expected(nlp, TEXTS, {"exit_mode": "off", "max_layer": 2})
+    parser = build_parser()
+    args = parser.parse_args(["annotate", "p", "in.jsonl", "out.jsonl", "--max-layer", "all"])
+    assert _overrides(args) == {"max_layer": None}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["annotate", "p", "in.jsonl", "out.jsonl", "--max-layer", "0"])
+
+
 def test_docbin_in_and_out_keeps_exit_layers(pipeline, tmp_path):
     nlp, folder = pipeline
     # pre-tokenized input docs: the tokens are kept, user data carried through

@@ -191,7 +191,9 @@ def test_summary_line():
     text = summary.text()
     assert "threshold 0.05" in text and "window 1" in text and "1, 4, 4, 4, 4, 4" in text
     off = parse(render(doc, jupyter=False, settings={"exit_mode": "off"})).find("ee-summary").text()
-    assert "exit mode off" in off and "threshold" not in off
+    assert "exit mode off" in off and "threshold" not in off and "max layer" not in off
+    capped = parse(render(doc, jupyter=False, settings={"exit_mode": "off", "max_layer": 4})).find("ee-summary")
+    assert "max layer 4" in capped.text()
 
 
 def test_page_is_a_whole_document():
