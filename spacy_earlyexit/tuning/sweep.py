@@ -215,22 +215,26 @@ def _fmt(value: Optional[float], pattern: str) -> str:
 def markdown_table(result: Mapping[str, Any]) -> str:
     """The sweep as a markdown table (scores in points, Δ against "off" at
     full depth of the same pipeline; "E1" after the window: the entity rule,
-    margin 1; max layer: the depth cap, "all" without one)."""
+    margin 1). A sweep with depth caps gets a "max layer" column (the cap,
+    "all" without one); one without caps has the table it always had."""
     key = result["score_key"]
     off = {r["model"]: r.get("score") for r in result["rows"] if is_baseline(r["setting"])}
+    capped = any((r["setting"] or {}).get("max_layer") is not None for r in result["rows"])
+    cap_header = " max layer |" if capped else ""
     lines = [
-        f"| model | mode | threshold | window | later x | max layer | {key} | Δ vs off | mean exit layer "
+        f"| model | mode | threshold | window | later x |{cap_header} {key} | Δ vs off | mean exit layer "
         "| FLOPs speed-up | words/s | wall speed-up | wall / FLOPs |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if capped else ""),
     ]
     for row in result["rows"]:
         setting, score = row["setting"] or {"exit_mode": "–"}, row.get("score")
         base = off.get(row["model"])
         delta = (score - base) * 100 if score is not None and base is not None else None
+        cap_cell = f" {_max_layer(row['setting'])} |" if capped else ""
         lines.append(
             f"| {row['model']} | {setting['exit_mode']} | {_fmt(setting.get('threshold'), '{:g}')} "
             f"| {_fmt(setting.get('window'), '{}')}{entity_label(setting)} | {_later(setting)} "
-            f"| {_max_layer(row['setting'])} | {_fmt(None if score is None else score * 100, '{:.2f}')} "
+            f"|{cap_cell} {_fmt(None if score is None else score * 100, '{:.2f}')} "
             f"| {_fmt(delta, '{:+.2f}')} | {_fmt(row.get('exit_layer_mean'), '{:.2f}')} "
             f"| {_fmt(row.get('flops_speedup'), '{:.2f}x')} | {_fmt(row.get('words_per_second'), '{:.0f}')} "
             f"| {_fmt(row.get('wall_speedup'), '{:.2f}x')} | {_fmt(_ratio(row), '{:.2f}')} |"

@@ -74,6 +74,10 @@ def test_baseline_is_off_at_full_depth() -> None:
     lines = table.splitlines()[2:]
     assert lines[0].startswith("| m | off | – | – | – | 2 | 60.00 | +10.00 |")
     assert lines[1].startswith("| m | off | – | – | – | all | 50.00 | +0.00 |")
+    # without caps: the table as it always was
+    uncapped = markdown_table({"score_key": "ents_f", "rows": [r for r in ROWS if r["setting"]["max_layer"] is None]})
+    assert uncapped.splitlines()[0].startswith("| model | mode | threshold | window | later x | ents_f |")
+    assert uncapped.splitlines()[2].startswith("| m | off | – | – | – | 50.00 | +0.00 |")
     types = per_type_table({"rows": ROWS})
     assert "| m | off ≤L2 | 70.0 (+20.0) |" in types and "| m | off | 50.0 |" in types
 
