@@ -68,6 +68,8 @@ class DocPieces:
         another: (span, word slot) giving each token's output, or (-1, -1)
         for a token with no word piece of its own.
     token_offsets: [D + 1] where each doc's tokens start in token_sources.
+    word_case: [W] case class of each word's token (layers/word_case.py), or
+        None when the encoder takes no case classes.
     """
 
     span_doc: numpy.ndarray
@@ -82,6 +84,7 @@ class DocPieces:
     word_n_pieces: numpy.ndarray
     token_sources: numpy.ndarray
     token_offsets: numpy.ndarray
+    word_case: Optional[numpy.ndarray] = None
 
     @property
     def n_spans(self) -> int:
@@ -138,6 +141,12 @@ class DocPieces:
         input_ids[rows, columns] = self.input_ids[source]
         piece_word = numpy.full((n_rows, length), -1, dtype="int64")
         piece_word[rows, columns] = numpy.where(owners >= 0, owners + first_word[rows], -1)
+        piece_case = None
+        if self.word_case is not None:
+            batch_case = numpy.zeros((n_rows, length), dtype="int64")
+            owner_word = numpy.where(owners >= 0, owners + self.word_offsets[spans][rows], 0)
+            batch_case[rows, columns] = numpy.where(owners >= 0, self.word_case[owner_word], 0)
+            piece_case = torch.from_numpy(batch_case)
         return EncoderBatch(
             input_ids=torch.from_numpy(input_ids),
             lengths=torch.from_numpy(lengths),
@@ -145,6 +154,7 @@ class DocPieces:
             word_slot=torch.from_numpy(segment_positions(n_words)),
             word_piece=torch.from_numpy(self.word_piece[words]),
             piece_word=torch.from_numpy(piece_word),
+            piece_case=piece_case,
         )
 
 

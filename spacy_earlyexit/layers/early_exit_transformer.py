@@ -25,6 +25,7 @@ from .loading import load_pretrained
 from .piece_split import check_piece_split
 from .shim import EarlyExitShim
 from .token_mapping import borrowed, to_tokens
+from .word_case import N_CASE_CLASSES, word_case_classes
 from .wordpieces import max_pieces_of, tokenize_docs
 
 #: padded piece slots of the encoder batches that go through the layers
@@ -50,16 +51,21 @@ def EarlyExitTransformerModel(
     freeze_embeddings: bool = False,
     layer_lr_decay: float = 1.0,
     piece_split: str = "none",
+    case_features: bool = False,
 ) -> Model[List[Doc], TokenOutputs]:
     """A thinc Model around an EarlyExitEncoder (weights loaded in init).
     precision: "float32", or "int8" (inference only; loaded from a pipeline
     that `quantize` wrote). piece_split: which word pieces are cut at spaCy
-    token boundaries ("none", "tokens", "han"; see layers/piece_split.py)."""
+    token boundaries ("none", "tokens", "han"; see layers/piece_split.py).
+    case_features: give the encoder each token's case class (word_case.py)
+    through a learned embedding (for uncased vocabularies)."""
     check_piece_split(piece_split)
     if span_batch_size < 1:
         raise ValueError(f"span_batch_size must be >= 1; got {span_batch_size}")
     if not 0.0 <= offramp_dropout < 1.0:
         raise ValueError(f"offramp_dropout must be in [0, 1); got {offramp_dropout}")
+    if not isinstance(case_features, bool):
+        raise ValueError(f"case_features must be true or false; got {case_features!r}")
     if not 0.0 < layer_lr_decay <= 1.0:
         raise ValueError(f"layer_lr_decay must be in (0, 1]; got {layer_lr_decay}")
     shim = EarlyExitShim(
@@ -85,6 +91,7 @@ def EarlyExitTransformerModel(
             "span_batch_size": span_batch_size,
             "precision": precision,
             "piece_split": piece_split,
+            "case_features": case_features,
         },
     )
 
@@ -105,7 +112,8 @@ def init(model: Model, X: Optional[List[Doc]] = None, Y=None) -> Model:
     tokenizer, transformer = load_pretrained(
         model.attrs["name"], model.attrs["tokenizer_config"], model.attrs["transformer_config"]
     )
-    encoder = EarlyExitEncoder(transformer, n_classes, model.attrs["offramp_dropout"])
+    case_classes = N_CASE_CLASSES if model.attrs.get("case_features", False) else 0
+    encoder = EarlyExitEncoder(transformer, n_classes, model.attrs["offramp_dropout"], case_classes=case_classes)
     encoder.to(get_torch_default_device())
     shim._model = encoder
     shim.tokenizer = tokenizer
@@ -142,6 +150,9 @@ def _tokenize(model: Model, docs: List[Doc]) -> Tuple[DocPieces, int]:
         docs, model.attrs["get_spans"], tokenizer, max_pieces_of(tokenizer, shim.encoder.transformer.config),
         model.attrs.get("piece_split", "none"),
     )
+    if shim.encoder.case_embedding is not None:  # the saved weights decide
+        word_span = numpy.repeat(numpy.arange(doc_pieces.n_spans), numpy.diff(doc_pieces.word_offsets))
+        doc_pieces.word_case = word_case_classes(docs, doc_pieces.span_doc[word_span], doc_pieces.word_token)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return doc_pieces, pad_id
 

@@ -25,6 +25,9 @@ WORD_EMBEDDINGS_PREFIX = "transformer.embeddings.word_embeddings."
 EMBEDDINGS_PREFIX = "transformer.embeddings."
 LAYER_PATTERN = re.compile(r"^transformer\.encoder\.layers?\.(\d+)\.")
 POOLER_PREFIX = "transformer.pooler."
+#: the case embedding (EarlyExitEncoder.case_embedding) trains at the
+#: off-ramps' rate, and is frozen with the encoder
+CASE_PREFIX = "case_embedding."
 MODEL_DATA_FORMAT = 1
 
 
@@ -78,6 +81,8 @@ class EarlyExitShim(PyTorchShim):
     def learn_rate_scale(self, name: str) -> Optional[float]:
         """The optimizer-rate multiplier of the parameter `name` (a name of
         EarlyExitEncoder.named_parameters()), or None if it is frozen."""
+        if name.startswith(CASE_PREFIX):
+            return None if self.freeze_encoder else 1.0
         if not name.startswith(ENCODER_PREFIX):
             return 1.0
         if self.freeze_encoder:
@@ -100,7 +105,7 @@ class EarlyExitShim(PyTorchShim):
         says (frozen parameters get no gradient at all). The off-ramps are
         left as they are (a callback may freeze some: train_offramps_only)."""
         for name, param in self.encoder.named_parameters():
-            if name.startswith(ENCODER_PREFIX):
+            if name.startswith(ENCODER_PREFIX) or name.startswith(CASE_PREFIX):
                 param.requires_grad_(self.learn_rate_scale(name) is not None)
 
     def finish_update(self, optimizer) -> None:
@@ -135,6 +140,7 @@ class EarlyExitShim(PyTorchShim):
             "hf_config": encoder.transformer.config.to_dict(),
             "n_classes": encoder.n_classes,
             "offramp_dropout": encoder.offramp_dropout,
+            "case_classes": encoder.case_classes,
             "precision": precision_of(encoder.layers),
             "tokenizer": tokenizer_files,
             "weights": save_safetensors(state),
@@ -170,7 +176,8 @@ class EarlyExitShim(PyTorchShim):
             config = AutoConfig.for_model(model_type, **hf_config)
             transformer = without_pooler(AutoModel.from_config, config)
             encoder = EarlyExitEncoder(
-                transformer, int(msg["n_classes"]), float(msg.get("offramp_dropout", 0.1))
+                transformer, int(msg["n_classes"]), float(msg.get("offramp_dropout", 0.1)),
+                case_classes=int(msg.get("case_classes", 0)),
             )
         except (ValueError, TypeError, KeyError) as error:
             raise ModelDataError(

@@ -18,6 +18,9 @@ class EncoderBatch:
         word (its first word piece).
     piece_word: [S, T] long, the word that owns each piece (its pieces exit
         with it), or -1 for pieces of no word ([CLS], [SEP], padding).
+    piece_case: [S, T] long, the case class of each piece's word (1..K,
+        word_case.py in layers/), 0 for pieces of no word; None when the
+        encoder has no case embedding.
     """
 
     input_ids: torch.Tensor
@@ -26,6 +29,7 @@ class EncoderBatch:
     word_slot: torch.Tensor
     word_piece: torch.Tensor
     piece_word: torch.Tensor
+    piece_case: Optional[torch.Tensor] = None
 
     @property
     def n_spans(self) -> int:
@@ -41,7 +45,9 @@ class EncoderBatch:
         return positions[None, :] < self.lengths[:, None]
 
     def to(self, device: torch.device) -> "EncoderBatch":
-        return EncoderBatch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+        return EncoderBatch(
+            *(None if getattr(self, f) is None else getattr(self, f).to(device) for f in self.__dataclass_fields__)
+        )
 
 
 @dataclass

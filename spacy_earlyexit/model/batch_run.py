@@ -50,7 +50,7 @@ class _BatchRun:
         self.encoder, self.batch = encoder, batch
         self.keep_finished = output_hidden_states
         self.real_all = batch.real_mask()
-        self.hidden = encoder.embed(batch.input_ids, self.real_all)
+        self.hidden = encoder.embed_batch(batch, self.real_all)
         self.rows = torch.arange(batch.n_spans, device=device)
         self.row_of_span = self.rows.clone()
         self.word_active = torch.ones(n_words, dtype=torch.bool, device=device)

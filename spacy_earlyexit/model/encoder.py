@@ -38,7 +38,11 @@ class EarlyExitEncoder(nn.Module):
 
     The encoder's family (families.py: BERT layout, DistilBERT, DeBERTa,
     ModernBERT) says where its embeddings and layers are and how to call
-    them. packed: compute only the active pieces at each layer (None: where
+    them. case_classes: K > 0 adds a learned case embedding ([K + 1, d], row 0
+    for pieces of no word, zero at first so that the pretrained encoder is
+    unchanged) to the input states of every piece, by its word's case class
+    (EncoderBatch.piece_case): an uncased vocabulary keeps capitalization
+    this way. packed: compute only the active pieces at each layer (None: where
     the family's layers allow it; False: the masked path, every piece
     computed, exited ones kept frozen; True: required).
     """
@@ -49,6 +53,7 @@ class EarlyExitEncoder(nn.Module):
         n_classes: int,
         offramp_dropout: float = 0.1,
         packed: Optional[bool] = None,
+        case_classes: int = 0,
     ):
         super().__init__()
         if n_classes < 1:
@@ -64,6 +69,13 @@ class EarlyExitEncoder(nn.Module):
         self.offramps = nn.ModuleList(
             OffRamp(self.hidden_size, n_classes, offramp_dropout) for _ in self.layers
         )
+        if isinstance(case_classes, bool) or not isinstance(case_classes, int) or case_classes < 0:
+            raise ValueError(f"case_classes must be an integer >= 0; got {case_classes!r}")
+        self.case_classes = case_classes
+        self.case_embedding: Optional[nn.Embedding] = None
+        if case_classes:
+            self.case_embedding = nn.Embedding(case_classes + 1, self.hidden_size, padding_idx=0)
+            nn.init.zeros_(self.case_embedding.weight)
         packable = self.family.packable(transformer)
         if packed and not packable:
             raise ValueError(
@@ -107,6 +119,24 @@ class EarlyExitEncoder(nn.Module):
         if real_mask is None:
             real_mask = torch.ones(input_ids.shape, dtype=torch.bool, device=input_ids.device)
         return self.family.embed(self.transformer, input_ids, real_mask)
+
+    def embed_batch(self, batch: EncoderBatch, real_mask: torch.Tensor) -> torch.Tensor:
+        """The batch's input states [S, T, d]: the transformer's embeddings,
+        plus the case embedding of each piece's word when the encoder has one."""
+        hidden = self.embed(batch.input_ids, real_mask)
+        if self.case_embedding is None:
+            return hidden
+        if batch.piece_case is None:
+            raise ValueError(
+                "this encoder has a case embedding (case_classes "
+                f"{self.case_classes}) but the batch gives no piece_case"
+            )
+        if batch.piece_case.shape != batch.input_ids.shape:
+            raise ValueError(
+                f"piece_case has shape {tuple(batch.piece_case.shape)}, the batch's pieces "
+                f"{tuple(batch.input_ids.shape)}"
+            )
+        return hidden + self.case_embedding(batch.piece_case).to(hidden.dtype)
 
     def exit_states(self, hidden: torch.Tensor) -> torch.Tensor:
         """[N, d] states -> [N, d] as the off-ramps read them (ModernBERT: its

@@ -104,6 +104,51 @@ def EarlyExitTransformer_v2(
     )
 
 
+@registry.architectures("spacy_earlyexit.EarlyExitTransformer.v3")
+def EarlyExitTransformer_v3(
+    name: str,
+    get_spans: SpanGetter,
+    tokenizer_config: Dict[str, Any] = {},
+    transformer_config: Dict[str, Any] = {},
+    offramp_dropout: float = 0.1,
+    encoder_learn_rate_scale: float = 0.1,
+    freeze_encoder: bool = False,
+    freeze_embeddings: bool = False,
+    layer_lr_decay: float = 1.0,
+    span_batch_size: int = 64,
+    precision: str = "float32",
+    piece_split: str = "none",
+    case_features: bool = False,
+    nO: Optional[int] = None,
+):
+    """EarlyExitTransformer.v2 plus:
+
+    case_features: add a learned embedding of each token's case class
+        (lower, Title, Title at a sentence start, UPPER, mixed, no cased
+        letter: layers/word_case.py) to the input states of its word pieces.
+        For uncased vocabularies (MiniLM, bert-base-uncased), which cannot
+        see capitalization otherwise; it starts at zero (the pretrained
+        encoder unchanged) and trains at the off-ramps' rate.
+    The other arguments are those of v2.
+    """
+    return EarlyExitTransformerModel(
+        name=name,
+        get_spans=get_spans,
+        tokenizer_config=tokenizer_config,
+        transformer_config=transformer_config,
+        offramp_dropout=offramp_dropout,
+        encoder_learn_rate_scale=encoder_learn_rate_scale,
+        freeze_encoder=freeze_encoder,
+        span_batch_size=span_batch_size,
+        precision=precision,
+        nO=nO,
+        freeze_embeddings=freeze_embeddings,
+        layer_lr_decay=layer_lr_decay,
+        piece_split=piece_split,
+        case_features=case_features,
+    )
+
+
 @registry.misc("spacy_earlyexit.SelfSampling.v1")
 def make_self_sampling_v1(
     window_range: List[int] = [0, 2],
