@@ -12,7 +12,9 @@ from spacy.language import Language
 
 from ..model.quantization import PRECISIONS, quantize_layers
 
+#: the first architecture with a precision setting; later ones keep theirs
 INT8_ARCHITECTURE = "spacy_earlyexit.EarlyExitTransformer.v2"
+PRECISION_ARCHITECTURES = (INT8_ARCHITECTURE, "spacy_earlyexit.EarlyExitTransformer.v3")
 FACTORY = "earlyexit_tagger"
 
 
@@ -38,6 +40,7 @@ def quantize_pipeline(nlp: Language, dtype: str = "int8", components: Optional[L
         shim.precision = dtype
         tagger.model.attrs["precision"] = dtype
         model_config = nlp.get_pipe_config(name)["model"]
-        model_config["@architectures"] = INT8_ARCHITECTURE
+        if model_config.get("@architectures") not in PRECISION_ARCHITECTURES:
+            model_config["@architectures"] = INT8_ARCHITECTURE
         model_config["precision"] = dtype
     return names

@@ -71,3 +71,19 @@ def test_case_features_must_be_a_bool(uncased_bert):
              "case_features": "yes", "get_spans": SPANS}
     with pytest.raises(Exception, match="case_features"):
         nlp.add_pipe("earlyexit_tagger", config={"task": "pos", "model": model})
+
+
+def test_quantized_case_features_pipeline_keeps_its_architecture(uncased_bert):
+    from spacy_earlyexit.pipeline.quantize import quantize_pipeline
+
+    nlp, examples = build(uncased_bert, case_features=True)
+    train_until_perfect(nlp, examples, "pos_acc", max_steps=400)
+    quantize_pipeline(nlp)
+    model_config = nlp.config["components"]["earlyexit_tagger"]["model"]
+    assert model_config["@architectures"] == "spacy_earlyexit.EarlyExitTransformer.v3"
+    assert model_config["case_features"] is True and model_config["precision"] == "int8"
+    loaded = spacy.blank("en").from_config(nlp.config)
+    loaded.from_bytes(nlp.to_bytes())
+    got = [[t.pos_ for t in doc] for doc in loaded.pipe([text for text, _ in DATA])]
+    # int8 keeps the case distinction the float32 pipeline learned
+    assert got == [pos for _, pos in DATA]
