@@ -1,7 +1,7 @@
 """The data of one encoder call: a padded batch of spans with its word
 alignment (EncoderBatch), and what the encoder gives back (EncoderOutput)."""
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -45,9 +45,11 @@ class EncoderBatch:
         return positions[None, :] < self.lengths[:, None]
 
     def to(self, device: torch.device) -> "EncoderBatch":
-        return EncoderBatch(
-            *(None if getattr(self, f) is None else getattr(self, f).to(device) for f in self.__dataclass_fields__)
-        )
+        moved: Dict[str, Any] = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            moved[name] = None if value is None else value.to(device)
+        return EncoderBatch(**moved)
 
 
 @dataclass
