@@ -87,20 +87,10 @@ def EarlyExitTransformer_v2(
         such as "在上海" can never be predicted.
     The other arguments are those of v1.
     """
-    return EarlyExitTransformerModel(
-        name=name,
-        get_spans=get_spans,
-        tokenizer_config=tokenizer_config,
-        transformer_config=transformer_config,
-        offramp_dropout=offramp_dropout,
-        encoder_learn_rate_scale=encoder_learn_rate_scale,
-        freeze_encoder=freeze_encoder,
-        span_batch_size=span_batch_size,
-        precision=precision,
-        nO=nO,
-        freeze_embeddings=freeze_embeddings,
-        layer_lr_decay=layer_lr_decay,
-        piece_split=piece_split,
+    return EarlyExitTransformer_v3(
+        name, get_spans, tokenizer_config, transformer_config, offramp_dropout,
+        encoder_learn_rate_scale, freeze_encoder, freeze_embeddings, layer_lr_decay,
+        span_batch_size, precision, piece_split, case_features=False, nO=nO,
     )
 
 
