@@ -19,6 +19,7 @@ from thinc.api import Model, get_torch_default_device
 
 from ..model import EarlyExitEncoder, ExitSettings
 from ..model.batching import consecutive_groups, length_batches
+from ..model.families import keep_first_layers
 from ..model.self_sampling import ReferencePredictions, SelfSampling, sample_exit_layers
 from .data_classes import DocPieces, SpanGetter, TokenOutputs
 from .loading import load_pretrained
@@ -52,13 +53,15 @@ def EarlyExitTransformerModel(
     layer_lr_decay: float = 1.0,
     piece_split: str = "none",
     case_features: bool = False,
+    keep_layers: Optional[int] = None,
 ) -> Model[List[Doc], TokenOutputs]:
     """A thinc Model around an EarlyExitEncoder (weights loaded in init).
     precision: "float32", or "int8" (inference only; loaded from a pipeline
     that `quantize` wrote). piece_split: which word pieces are cut at spaCy
     token boundaries ("none", "tokens", "han"; see layers/piece_split.py).
     case_features: give the encoder each token's case class (word_case.py)
-    through a learned embedding (for uncased vocabularies)."""
+    through a learned embedding (for uncased vocabularies). keep_layers: use
+    only the first N layers of the pretrained encoder (None: all of them)."""
     check_piece_split(piece_split)
     if span_batch_size < 1:
         raise ValueError(f"span_batch_size must be >= 1; got {span_batch_size}")
@@ -66,6 +69,10 @@ def EarlyExitTransformerModel(
         raise ValueError(f"offramp_dropout must be in [0, 1); got {offramp_dropout}")
     if not isinstance(case_features, bool):
         raise ValueError(f"case_features must be true or false; got {case_features!r}")
+    if keep_layers is not None and (
+        isinstance(keep_layers, bool) or not isinstance(keep_layers, int) or keep_layers < 1
+    ):
+        raise ValueError(f"keep_layers must be null or an integer >= 1; got {keep_layers!r}")
     if not 0.0 < layer_lr_decay <= 1.0:
         raise ValueError(f"layer_lr_decay must be in (0, 1]; got {layer_lr_decay}")
     shim = EarlyExitShim(
@@ -92,6 +99,7 @@ def EarlyExitTransformerModel(
             "precision": precision,
             "piece_split": piece_split,
             "case_features": case_features,
+            "keep_layers": keep_layers,
         },
     )
 
@@ -112,6 +120,8 @@ def init(model: Model, X: Optional[List[Doc]] = None, Y=None) -> Model:
     tokenizer, transformer = load_pretrained(
         model.attrs["name"], model.attrs["tokenizer_config"], model.attrs["transformer_config"]
     )
+    if model.attrs.get("keep_layers") is not None:
+        transformer = keep_first_layers(transformer, model.attrs["keep_layers"])
     case_classes = N_CASE_CLASSES if model.attrs.get("case_features", False) else 0
     encoder = EarlyExitEncoder(transformer, n_classes, model.attrs["offramp_dropout"], case_classes=case_classes)
     encoder.to(get_torch_default_device())

@@ -314,3 +314,22 @@ def family_of(transformer: HFModule) -> EncoderFamily:
         f"{type(transformer).__name__} is not a supported encoder (model type {model_type!r}): "
         f"expected the layout of one of {SUPPORTED}"
     )
+
+
+def keep_first_layers(transformer: HFModule, n_layers: int) -> HFModule:
+    """Cut `transformer` (any supported family) to its first n_layers layers,
+    in place, and set its config's layer count to match (so that a model
+    saved with that config is rebuilt with n_layers). Returns `transformer`.
+
+    For backbones whose top layers were trained for another objective
+    (multilingual-e5: sentence embeddings), the middle layers can carry a
+    token task better than the last, and fewer layers also run faster.
+    """
+    layers = family_of(transformer).layer_list(transformer)
+    if isinstance(n_layers, bool) or not isinstance(n_layers, int) or not 1 <= n_layers <= len(layers):
+        raise ValueError(
+            f"keep_layers must be an integer from 1 to the encoder's {len(layers)} layers; got {n_layers!r}"
+        )
+    del layers[n_layers:]
+    transformer.config.num_hidden_layers = n_layers
+    return transformer

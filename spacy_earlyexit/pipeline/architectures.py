@@ -109,6 +109,7 @@ def EarlyExitTransformer_v3(
     precision: str = "float32",
     piece_split: str = "none",
     case_features: bool = False,
+    keep_layers: Optional[int] = None,
     nO: Optional[int] = None,
 ):
     """EarlyExitTransformer.v2 plus:
@@ -119,6 +120,12 @@ def EarlyExitTransformer_v3(
         For uncased vocabularies (MiniLM, bert-base-uncased), which cannot
         see capitalization otherwise; it starts at zero (the pretrained
         encoder unchanged) and trains at the off-ramps' rate.
+    keep_layers: use only the first N layers of the pretrained encoder (the
+        layers above are dropped when the weights are loaded; the pipeline
+        saves N layers). null: all layers. For backbones whose top layers were
+        trained for another objective: multilingual-e5-small's layers 10-12
+        (sentence embeddings) learn NER much more slowly than its middle
+        layers (benchmarks/results/ner/e5_layer_probe.md).
     The other arguments are those of v2.
     """
     return EarlyExitTransformerModel(
@@ -136,6 +143,7 @@ def EarlyExitTransformer_v3(
         layer_lr_decay=layer_lr_decay,
         piece_split=piece_split,
         case_features=case_features,
+        keep_layers=keep_layers,
     )
 
 
