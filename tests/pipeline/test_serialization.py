@@ -220,7 +220,7 @@ def test_spacy_package(saved, tmp_path):
     output.mkdir()
     command = [sys.executable, "-m", "spacy", "package", str(folder), str(output),
                "--name", "tiny", "--version", "0.0.1", "--build", "none"]
-    run = subprocess.run(command, capture_output=True, text=True, env=subprocess_env(), timeout=120)
+    run = subprocess.run(command, capture_output=True, text=True, env=subprocess_env(), timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
     package = output / "en_tiny-0.0.1"
     meta = srsly.read_json(package / "meta.json")
