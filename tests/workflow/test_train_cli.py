@@ -8,7 +8,8 @@ import spacy
 import srsly
 from spacy.tokens import Doc, DocBin
 
-from helpers.tiny_bert import POS_DATA
+from helpers.sentencepiece_bert import write_sentencepiece_bert
+from helpers.tiny_bert import NER_DATA, POS_DATA
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,3 +58,36 @@ def test_spacy_train_pos_joint(tiny_bert, tmp_path):
     assert doc._.exit_layers == [3] * 4
     meta = srsly.read_json(output / "model-last" / "meta.json")
     assert 0.0 <= meta["performance"]["pos_acc"] <= 1.0
+
+
+def write_ner_corpus(path: Path) -> Path:
+    nlp = spacy.blank("en")
+    docbin = DocBin()
+    for text, entities in NER_DATA:
+        doc = nlp.make_doc(text)
+        doc.ents = [doc.char_span(start, end, label=label) for start, end, label in entities]
+        docbin.add(doc)
+    docbin.to_disk(path)
+    return path
+
+
+def test_spacy_train_ner_joint_e5_keeps_the_first_eight_layers(tmp_path):
+    """configs/ner_joint_e5.cfg (keep_layers = 8, frozen word embeddings) on
+    a 10-layer SentencePiece BERT: the trained pipeline has 8 layers."""
+    backbone = write_sentencepiece_bert(tmp_path / "e5_like", n_layers=10)
+    corpus = write_ner_corpus(tmp_path / "ner.spacy")
+    output = tmp_path / "output"
+    command = [
+        sys.executable, "-m", "spacy", "train", str(ROOT / "configs" / "ner_joint_e5.cfg"),
+        "--output", str(output), "--paths.train", str(corpus), "--paths.dev", str(corpus),
+        "--paths.backbone", str(backbone), "--training.eval_frequency", "1",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    nlp = spacy.load(output / "model-last")
+    assert nlp.config["components"]["earlyexit_tagger"]["model"]["keep_layers"] == 8
+    assert nlp.get_pipe("earlyexit_tagger").model.shims[0].encoder.n_layers == 8
+    doc = nlp("Alice visited Paris .")
+    assert doc._.exit_layers == [8] * 4
+    assert "ents_f" in srsly.read_json(output / "model-last" / "meta.json")["performance"]
