@@ -1,7 +1,8 @@
 #!/bin/bash
 # usage: post.sh TASK(segment|ner): stage 2, sweep, choose, test scores
 set -e
-cd /work/main && . .venv/bin/activate && export HF_HUB_OFFLINE=1
+# run from anywhere, with the project installed (README); corpora from `spacy project run zh`
+cd "$(dirname "$0")/../../../.." && export HF_HUB_OFFLINE=1
 T=$1
 if [ $T = segment ]; then C=zh_pku; EM=""; else C=zh_msra; EM="--entity-margins off,1"; fi
 M=metrics/zh_$T; mkdir -p $M
