@@ -1,0 +1,36 @@
+#!/bin/bash
+# e5 POS, stage 1 for 6 epochs (issue #15), stage 2 on it, per-layer dev accuracy,
+# and the MiniLM stage 1 of README's recipe as the reference.
+# Run with the project installed (README), corpus/pos/{train,dev}.spacy from
+# `spacy project run convert`, and both backbones fetched:
+#   python -m spacy_earlyexit fetch-backbone assets/minilm
+#   python -m spacy_earlyexit fetch-backbone multilingual-e5-small assets/multilingual-e5-small
+set -e
+cd "$(dirname "$0")/../../.." && export HF_HUB_OFFLINE=1
+OUT=benchmarks/results/e5_pos_6epochs
+# stage 1: pos_joint_e5.cfg, 6 epochs of ~500-word batches (2,460 steps), dev every 410 steps
+/usr/bin/time -v python -m spacy train configs/pos_joint_e5.cfg --output training/pos_e5_6ep/joint \
+  --paths.train corpus/pos/train.spacy --paths.dev corpus/pos/dev.spacy --paths.backbone assets/multilingual-e5-small \
+  --training.max_epochs 6 --training.optimizer.learn_rate.total_steps 2460 --training.optimizer.learn_rate.warmup_steps 120 \
+  --training.eval_frequency 410 --system.seed 0 --initialize.before_init.threads 2
+# stage 2: pos_selfsample_e5.cfg as shipped (60 steps)
+/usr/bin/time -v python -m spacy train configs/pos_selfsample_e5.cfg --output training/pos_e5_6ep/selfsample \
+  --paths.train corpus/pos/train.spacy --paths.dev corpus/pos/dev.spacy --paths.stage1 training/pos_e5_6ep/joint/model-best \
+  --system.seed 0
+# MiniLM stage 1, README's recipe (3 epochs)
+/usr/bin/time -v python -m spacy train configs/pos_joint.cfg --output training/pos_minilm/joint \
+  --paths.train corpus/pos/train.spacy --paths.dev corpus/pos/dev.spacy --paths.backbone assets/minilm \
+  --system.seed 0 --initialize.before_init.threads 1
+# every off-ramp at full depth, gold tokenization
+python benchmarks/layer_accuracy.py training/pos_e5_6ep/joint/model-best corpus/pos/dev.spacy --out $OUT/stage1_layers.json
+python benchmarks/layer_accuracy.py training/pos_e5_6ep/selfsample/model-last corpus/pos/dev.spacy --out $OUT/stage2_layers.json
+python benchmarks/layer_accuracy.py training/pos_minilm/joint/model-best corpus/pos/dev.spacy --out $OUT/minilm_stage1_layers.json
+# every setting once, on all of dev (its timings were taken while the MiniLM training ran on the other core)
+python -m spacy_earlyexit sweep --model stage1=training/pos_e5_6ep/joint/model-best --model stage2=training/pos_e5_6ep/selfsample/model-last \
+  --dev corpus/pos/dev.spacy --output $OUT/sweep_all_settings --modes token --thresholds 0.02,0.03,0.05,0.1 --windows 0,1 \
+  --later-factors 1/2/4/8,1 --max-layers 6,all --repetitions 1 --threads 1 --no-progress
+# the settings near the targets, idle machine, 5 interleaved repetitions, MiniLM's full depth timed alongside
+python -m spacy_earlyexit sweep --model stage1=training/pos_e5_6ep/joint/model-best \
+  --dev corpus/pos/dev.spacy --output $OUT/sweep_vs_minilm --modes token --thresholds 0.02,0.03 --windows 0,1 \
+  --later-factors 1/2/4/8 --max-layers 6,all --repetitions 5 --threads 1 --no-progress \
+  --reference minilm=training/pos_minilm/joint/model-best
