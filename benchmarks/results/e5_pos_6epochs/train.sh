@@ -17,6 +17,10 @@ OUT=benchmarks/results/e5_pos_6epochs
 /usr/bin/time -v python -m spacy train configs/pos_selfsample_e5.cfg --output training/pos_e5_6ep/selfsample \
   --paths.train corpus/pos/train.spacy --paths.dev corpus/pos/dev.spacy --paths.stage1 training/pos_e5_6ep/joint/model-best \
   --system.seed 0
+# control: the same 60 steps with every span at full depth (ordinary fine-tuning at stage 2's rate)
+python -m spacy train configs/pos_selfsample_e5.cfg --output training/pos_e5_6ep/selfsample_full \
+  --paths.train corpus/pos/train.spacy --paths.dev corpus/pos/dev.spacy --paths.stage1 training/pos_e5_6ep/joint/model-best \
+  --system.seed 0 --training.before_update.self_sampling.full_depth_share 1.0 --training.before_update.self_sampling.aggressive_share 0.0
 # MiniLM stage 1, README's recipe (3 epochs)
 /usr/bin/time -v python -m spacy train configs/pos_joint.cfg --output training/pos_minilm/joint \
   --paths.train corpus/pos/train.spacy --paths.dev corpus/pos/dev.spacy --paths.backbone assets/minilm \
@@ -24,6 +28,7 @@ OUT=benchmarks/results/e5_pos_6epochs
 # every off-ramp at full depth, gold tokenization
 python benchmarks/layer_accuracy.py training/pos_e5_6ep/joint/model-best corpus/pos/dev.spacy --out $OUT/stage1_layers.json
 python benchmarks/layer_accuracy.py training/pos_e5_6ep/selfsample/model-last corpus/pos/dev.spacy --out $OUT/stage2_layers.json
+python benchmarks/layer_accuracy.py training/pos_e5_6ep/selfsample_full/model-last corpus/pos/dev.spacy --out $OUT/stage2_control_full_depth_layers.json
 python benchmarks/layer_accuracy.py training/pos_minilm/joint/model-best corpus/pos/dev.spacy --out $OUT/minilm_stage1_layers.json
 # every setting once, on all of dev (its timings were taken while the MiniLM training ran on the other core)
 python -m spacy_earlyexit sweep --model stage1=training/pos_e5_6ep/joint/model-best --model stage2=training/pos_e5_6ep/selfsample/model-last \
