@@ -39,3 +39,14 @@ python -m spacy_earlyexit sweep --model stage1=training/pos_e5_6ep/joint/model-b
   --dev corpus/pos/dev.spacy --output $OUT/sweep_vs_minilm --modes token --thresholds 0.02,0.03 --windows 0,1 \
   --later-factors 1/2/4/8 --max-layers 6,all --repetitions 5 --threads 1 --no-progress \
   --reference minilm=training/pos_minilm/joint/model-best
+# do uniform loss weights lift the first off-ramps? 200 more steps of configs/pos_continue_e5.cfg
+# from stage 1 as it is (depth weights) and from a copy whose component cfg says loss_weights "uniform"
+rm -rf training/pos_e5_6ep/stage1_uniform && cp -r training/pos_e5_6ep/joint/model-best training/pos_e5_6ep/stage1_uniform
+python -c "import json, sys; p = sys.argv[1]; c = json.load(open(p)); c['loss_weights'] = 'uniform'; json.dump(c, open(p, 'w'), indent=2)" \
+  training/pos_e5_6ep/stage1_uniform/earlyexit_tagger/cfg
+for V in depth uniform; do
+  if [ $V = depth ]; then S=training/pos_e5_6ep/joint/model-best; else S=training/pos_e5_6ep/stage1_uniform; fi
+  python -m spacy train configs/pos_continue_e5.cfg --output training/pos_e5_6ep/continue_$V \
+    --paths.train corpus/pos/train.spacy --paths.dev corpus/pos/dev.spacy --paths.stage1 $S --system.seed 0
+  python benchmarks/layer_accuracy.py training/pos_e5_6ep/continue_$V/model-last corpus/pos/dev.spacy --out $OUT/continue200_${V}_layers.json
+done
