@@ -50,3 +50,15 @@ for V in depth uniform; do
     --paths.train corpus/pos/train.spacy --paths.dev corpus/pos/dev.spacy --paths.stage1 $S --system.seed 0
   python benchmarks/layer_accuracy.py training/pos_e5_6ep/continue_$V/model-last corpus/pos/dev.spacy --out $OUT/continue200_${V}_layers.json
 done
+# distillation of the last layer into the others (0.5, temperature 2, uniform weights), 200 steps
+rm -rf training/pos_e5_6ep/stage1_distill && cp -r training/pos_e5_6ep/joint/model-best training/pos_e5_6ep/stage1_distill
+python -c "import json, sys; p = sys.argv[1]; c = json.load(open(p)); c.update(loss_weights='uniform', distillation=0.5, distillation_temperature=2.0); json.dump(c, open(p, 'w'), indent=2)" \
+  training/pos_e5_6ep/stage1_distill/earlyexit_tagger/cfg
+python -m spacy train configs/pos_continue_e5.cfg --output training/pos_e5_6ep/continue_distill \
+  --paths.train corpus/pos/train.spacy --paths.dev corpus/pos/dev.spacy --paths.stage1 training/pos_e5_6ep/stage1_distill --system.seed 0
+python benchmarks/layer_accuracy.py training/pos_e5_6ep/continue_distill/model-last corpus/pos/dev.spacy --out $OUT/continue200_distill_layers.json
+# the three continuations in token mode (one repetition: compare accuracy at matched FLOPs, not the timings)
+python -m spacy_earlyexit sweep --model depth=training/pos_e5_6ep/continue_depth/model-last \
+  --model uniform=training/pos_e5_6ep/continue_uniform/model-last --model distill=training/pos_e5_6ep/continue_distill/model-last \
+  --dev corpus/pos/dev.spacy --output $OUT/sweep_continue200 --modes token --thresholds 0.02,0.03,0.05 --windows 0 \
+  --later-factors 1/2/4/8 --max-layers all --repetitions 1 --threads 2 --no-progress
