@@ -39,24 +39,20 @@ python -m spacy_earlyexit sweep --model stage1=training/pos_e5_6ep/joint/model-b
   --dev corpus/pos/dev.spacy --output $OUT/sweep_vs_minilm --modes token --thresholds 0.02,0.03 --windows 0,1 \
   --later-factors 1/2/4/8 --max-layers 6,all --repetitions 5 --threads 1 --no-progress \
   --reference minilm=training/pos_minilm/joint/model-best
-# do uniform loss weights lift the first off-ramps? 200 more steps of configs/pos_continue_e5.cfg
-# from stage 1 as it is (depth weights) and from a copy whose component cfg says loss_weights "uniform"
-rm -rf training/pos_e5_6ep/stage1_uniform && cp -r training/pos_e5_6ep/joint/model-best training/pos_e5_6ep/stage1_uniform
-python -c "import json, sys; p = sys.argv[1]; c = json.load(open(p)); c['loss_weights'] = 'uniform'; json.dump(c, open(p, 'w'), indent=2)" \
-  training/pos_e5_6ep/stage1_uniform/earlyexit_tagger/cfg
-for V in depth uniform; do
-  if [ $V = depth ]; then S=training/pos_e5_6ep/joint/model-best; else S=training/pos_e5_6ep/stage1_uniform; fi
-  python -m spacy train configs/pos_continue_e5.cfg --output training/pos_e5_6ep/continue_$V \
+# do loss weights or distillation lift the first off-ramps? 200 more steps of
+# configs/pos_continue_e5.cfg from a copy of stage 1 whose component cfg gets SETTINGS (JSON)
+continue_with() {  # NAME SETTINGS
+  S=training/pos_e5_6ep/stage1_$1
+  rm -rf $S && cp -r training/pos_e5_6ep/joint/model-best $S
+  python -c "import json, sys; p = sys.argv[1]; c = json.load(open(p)); c.update(json.loads(sys.argv[2])); json.dump(c, open(p, 'w'), indent=2)" \
+    $S/earlyexit_tagger/cfg "$2"
+  python -m spacy train configs/pos_continue_e5.cfg --output training/pos_e5_6ep/continue_$1 \
     --paths.train corpus/pos/train.spacy --paths.dev corpus/pos/dev.spacy --paths.stage1 $S --system.seed 0
-  python benchmarks/layer_accuracy.py training/pos_e5_6ep/continue_$V/model-last corpus/pos/dev.spacy --out $OUT/continue200_${V}_layers.json
-done
-# distillation of the last layer into the others (0.5, temperature 2, uniform weights), 200 steps
-rm -rf training/pos_e5_6ep/stage1_distill && cp -r training/pos_e5_6ep/joint/model-best training/pos_e5_6ep/stage1_distill
-python -c "import json, sys; p = sys.argv[1]; c = json.load(open(p)); c.update(loss_weights='uniform', distillation=0.5, distillation_temperature=2.0); json.dump(c, open(p, 'w'), indent=2)" \
-  training/pos_e5_6ep/stage1_distill/earlyexit_tagger/cfg
-python -m spacy train configs/pos_continue_e5.cfg --output training/pos_e5_6ep/continue_distill \
-  --paths.train corpus/pos/train.spacy --paths.dev corpus/pos/dev.spacy --paths.stage1 training/pos_e5_6ep/stage1_distill --system.seed 0
-python benchmarks/layer_accuracy.py training/pos_e5_6ep/continue_distill/model-last corpus/pos/dev.spacy --out $OUT/continue200_distill_layers.json
+  python benchmarks/layer_accuracy.py training/pos_e5_6ep/continue_$1/model-last corpus/pos/dev.spacy --out $OUT/continue200_$1_layers.json
+}
+continue_with depth '{}'
+continue_with uniform '{"loss_weights": "uniform"}'
+continue_with distill '{"loss_weights": "uniform", "distillation": 0.5, "distillation_temperature": 2.0}'
 # the three continuations in token mode (one repetition: compare accuracy at matched FLOPs, not the timings)
 python -m spacy_earlyexit sweep --model depth=training/pos_e5_6ep/continue_depth/model-last \
   --model uniform=training/pos_e5_6ep/continue_uniform/model-last --model distill=training/pos_e5_6ep/continue_distill/model-last \
