@@ -20,6 +20,7 @@ from thinc.api import Model, get_torch_default_device
 from ..model import EarlyExitEncoder, ExitSettings
 from ..model.batching import consecutive_groups, length_batches
 from ..model.families import keep_first_layers
+from ..model.offramp import OffRampHeads
 from ..model.self_sampling import ReferencePredictions, SelfSampling, sample_exit_layers
 from .data_classes import DocPieces, SpanGetter, TokenOutputs
 from .loading import load_pretrained
@@ -54,6 +55,7 @@ def EarlyExitTransformerModel(
     piece_split: str = "none",
     case_features: bool = False,
     keep_layers: Optional[int] = None,
+    offramp_heads: Optional[OffRampHeads] = None,
 ) -> Model[List[Doc], TokenOutputs]:
     """A thinc Model around an EarlyExitEncoder (weights loaded in init).
     precision: "float32", or "int8" (inference only; loaded from a pipeline
@@ -61,7 +63,9 @@ def EarlyExitTransformerModel(
     token boundaries ("none", "tokens", "han"; see layers/piece_split.py).
     case_features: give the encoder each token's case class (word_case.py)
     through a learned embedding (for uncased vocabularies). keep_layers: use
-    only the first N layers of the pretrained encoder (None: all of them)."""
+    only the first N layers of the pretrained encoder (None: all of them).
+    offramp_heads: which off-ramps read a window of words (model/offramp.py;
+    None: all plain)."""
     check_piece_split(piece_split)
     if span_batch_size < 1:
         raise ValueError(f"span_batch_size must be >= 1; got {span_batch_size}")
@@ -100,6 +104,7 @@ def EarlyExitTransformerModel(
             "piece_split": piece_split,
             "case_features": case_features,
             "keep_layers": keep_layers,
+            "offramp_heads": offramp_heads or OffRampHeads(),
         },
     )
 
@@ -123,7 +128,10 @@ def init(model: Model, X: Optional[List[Doc]] = None, Y=None) -> Model:
     if model.attrs.get("keep_layers") is not None:
         transformer = keep_first_layers(transformer, model.attrs["keep_layers"])
     case_classes = N_CASE_CLASSES if model.attrs.get("case_features", False) else 0
-    encoder = EarlyExitEncoder(transformer, n_classes, model.attrs["offramp_dropout"], case_classes=case_classes)
+    encoder = EarlyExitEncoder(
+        transformer, n_classes, model.attrs["offramp_dropout"], case_classes=case_classes,
+        offramp_heads=model.attrs.get("offramp_heads"),
+    )
     encoder.to(get_torch_default_device())
     shim._model = encoder
     shim.tokenizer = tokenizer

@@ -17,6 +17,7 @@ from thinc.api import PyTorchShim, get_torch_default_device
 from thinc.util import torch2xp, xp2torch
 
 from ..model import EarlyExitEncoder
+from ..model.offramp import OffRampHeads
 from ..model.quantization import PRECISIONS, precision_of, quantize_layers
 from .loading import without_pooler
 
@@ -141,6 +142,7 @@ class EarlyExitShim(PyTorchShim):
             "n_classes": encoder.n_classes,
             "offramp_dropout": encoder.offramp_dropout,
             "case_classes": encoder.case_classes,
+            "offramp_heads": encoder.offramp_heads.to_dict(),
             "precision": precision_of(encoder.layers),
             "tokenizer": tokenizer_files,
             "weights": save_safetensors(state),
@@ -178,6 +180,7 @@ class EarlyExitShim(PyTorchShim):
             encoder = EarlyExitEncoder(
                 transformer, int(msg["n_classes"]), float(msg.get("offramp_dropout", 0.1)),
                 case_classes=int(msg.get("case_classes", 0)),
+                offramp_heads=OffRampHeads(**msg.get("offramp_heads", {})),
             )
         except (ValueError, TypeError, KeyError) as error:
             raise ModelDataError(

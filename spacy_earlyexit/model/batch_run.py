@@ -8,6 +8,7 @@ import torch
 
 from .batch import EncoderBatch, EncoderOutput
 from .exit_policy import ExitRule, ForcedExit
+from .offramp import ContextOffRamp
 from .uncertainty import normalized_entropy
 
 if TYPE_CHECKING:
@@ -77,6 +78,9 @@ class _BatchRun:
             torch.zeros(n_layers, n_words, dtype=torch.bool, device=device) if return_layer_logits else None
         )
         self.hidden_states = [self.hidden] if output_hidden_states else None
+        context = max((int(getattr(ramp, "context", 0)) for ramp in encoder.offramps), default=0)
+        # [W, 2c + 1] the words of each word's window (-1: none), for context off-ramps
+        self.window_words = _window_words(batch, self.word_grid.shape[1], context) if context else None
         # [S] bool: spans with an active word (at first: spans with a word;
         # spans without words have nothing to compute)
         self.span_running = torch.zeros(batch.n_spans, dtype=torch.bool, device=device)
@@ -103,11 +107,7 @@ class _BatchRun:
         if self.hidden_states is not None:
             self.hidden_states.append(hidden)
         active_words = self.word_active.nonzero().squeeze(1)
-        length = hidden.shape[1]
-        flat_piece = self.row_of_span[batch.word_span[active_words]] * length + batch.word_piece[active_words]
-        logits = encoder.offramps[layer_index](
-            encoder.exit_states(hidden.reshape(-1, encoder.hidden_size).index_select(0, flat_piece))
-        )
+        logits = self._offramp_logits(layer_index, hidden, active_words)
         if self.layer_logits is not None:
             self.layer_logits = self.layer_logits.index_put(
                 (torch.full_like(active_words, layer_index), active_words), logits
@@ -131,6 +131,33 @@ class _BatchRun:
                     hidden, self.rows, still, batch.n_spans, lengths=batch.lengths,
                 )
         self.running = self.hidden.shape[0] > 0
+
+    def _offramp_logits(self, layer_index: int, hidden: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+        """The off-ramp of layer `layer_index` on `words` ([A] long): [A, C].
+
+        hidden: [R, T', d] this layer's states of the running rows. A word's
+        state is its first piece's; a context off-ramp also reads the states
+        of its window's words (exited ones: the state they exited with, as
+        their pieces keep it), zeros where the window leaves the span."""
+        encoder, batch = self.encoder, self.batch
+        ramp = encoder.offramps[layer_index]
+        length, d = hidden.shape[1], encoder.hidden_size
+        flat = hidden.reshape(-1, d)
+        if not isinstance(ramp, ContextOffRamp):
+            piece = self.row_of_span[batch.word_span[words]] * length + batch.word_piece[words]
+            return ramp(encoder.exit_states(flat.index_select(0, piece)))
+        centre = self.window_words.shape[1] // 2 if self.window_words is not None else 0
+        if ramp.context:
+            assert self.window_words is not None
+            window = self.window_words[words][:, centre - ramp.context: centre + ramp.context + 1]
+        else:
+            window = words[:, None]
+        present = window >= 0
+        # a missing neighbour reads the word itself (then zeroed): word 0's span may be gone
+        known = torch.where(present, window, words[:, None].expand_as(window))
+        piece = self.row_of_span[batch.word_span[known]] * length + batch.word_piece[known]
+        states = encoder.exit_states(flat.index_select(0, piece.reshape(-1))).reshape(*window.shape, d)
+        return ramp(states * present[..., None].to(states.dtype))
 
     def _exits(self, layer_index: int, logits: torch.Tensor, active_words: torch.Tensor) -> torch.Tensor:
         """[W] bool: the active words that exit after this layer (the rule's
@@ -206,3 +233,16 @@ def _keep_rows(
     row_of_span = torch.full((n_spans,), -1, dtype=torch.long, device=hidden.device)
     row_of_span[rows] = torch.arange(rows.numel(), device=hidden.device)
     return hidden, rows, row_of_span
+
+
+def _window_words(batch: EncoderBatch, n_slots: int, context: int) -> torch.Tensor:
+    """[W, 2c + 1] long: the words at slots k - c .. k + c of each word's span
+    (k: its slot), -1 where the span has no word there."""
+    device = batch.word_span.device
+    slot_word = torch.full((batch.n_spans, n_slots), -1, dtype=torch.long, device=device)
+    slot_word[batch.word_span, batch.word_slot] = torch.arange(batch.n_words, device=device)
+    offsets = torch.arange(-context, context + 1, device=device)
+    slots = batch.word_slot[:, None] + offsets[None, :]
+    inside = (slots >= 0) & (slots < n_slots)
+    found = slot_word[batch.word_span[:, None].expand_as(slots), slots.clamp(0, max(n_slots - 1, 0))]
+    return torch.where(inside, found, torch.full_like(found, -1))

@@ -4,7 +4,9 @@ Per layer, for a span that is still running with m real word pieces of which
 n are active: K/V projections for all m pieces (2 d^2 each: exited pieces
 still serve as keys and values), Q and attention output for the n active
 pieces (2 d^2), the feed-forward block (2 d d_ff), attention scores and the
-weighted sum (2 n m d), and the off-ramp on each active word (d C).
+weighted sum (2 n m d), and the off-ramp on each active word (d C for a
+plain off-ramp; EncoderShape.offramp_macs gives each layer's when they
+differ: context off-ramps, model/offramp.py).
 
 Family differences (EncoderShape): ELECTRA projects its embeddings
 (e -> d: e d per piece, once, whether words exit or not); ModernBERT's
@@ -39,6 +41,8 @@ class EncoderShape:
     relative_positions: R, relative-position scores per computed piece and
         layer (DeBERTa: relative embeddings x position attention types).
     packed: exited pieces are skipped (False: the masked path).
+    offramp_macs: multiply-adds of one word's logits at each layer's
+        off-ramp ([L]); empty: d C at every layer (plain off-ramps).
     """
 
     n_layers: int
@@ -51,6 +55,17 @@ class EncoderShape:
     packed: bool = True
     #: "float32" or "int8" (the linear layers' precision)
     precision: str = "float32"
+    offramp_macs: Tuple[int, ...] = ()
+
+    def offramp_costs(self) -> numpy.ndarray:
+        """[L] float: multiply-adds of one word's off-ramp at each layer."""
+        if not self.offramp_macs:
+            return numpy.full(self.n_layers, float(self.hidden_size * self.n_classes))
+        if len(self.offramp_macs) != self.n_layers:
+            raise ValueError(
+                f"offramp_macs has {len(self.offramp_macs)} entries for {self.n_layers} layers"
+            )
+        return numpy.asarray(self.offramp_macs, dtype="float64")
 
     def per_piece(self, total: Union[numpy.ndarray, float]) -> Union[numpy.ndarray, float]:
         """Multiply-adds per computed piece and layer in a span of `total`
@@ -75,12 +90,13 @@ def span_cost(
     """
     pieces = numpy.asarray(word_pieces, dtype="float64")
     exits = numpy.asarray(exit_layers, dtype="int64")
-    d, n_classes = shape.hidden_size, shape.n_classes
+    d = shape.hidden_size
     n_layers = shape.n_layers
+    ramps = shape.offramp_costs()
     total = float(pieces.sum()) + n_other_pieces
     per_active_piece = shape.per_piece(total)
     embedding = total * shape.embedding_projection * d
-    full = embedding + n_layers * (total * 2 * d * d + total * per_active_piece + len(pieces) * d * n_classes)
+    full = embedding + n_layers * (total * 2 * d * d + total * per_active_piece) + len(pieces) * ramps.sum()
     if len(pieces) == 0:
         return 0.0, 0.0
     layers = numpy.arange(1, n_layers + 1)
@@ -94,7 +110,7 @@ def span_cost(
     cost = embedding + (
         running * total * 2 * d * d
         + active_pieces * per_active_piece
-        + active_words * d * n_classes
+        + active_words * ramps
     ).sum()
     return float(cost), float(full)
 
@@ -123,22 +139,26 @@ def spans_cost(
     offsets = numpy.asarray(word_offsets, dtype="int64")
     other = numpy.asarray(n_other_pieces, dtype="float64")
     n_spans = len(offsets) - 1
-    d, n_classes = shape.hidden_size, shape.n_classes
+    d = shape.hidden_size
+    # ramp_upto[k]: one word's off-ramp cost over layers 1..k
+    ramp_upto = numpy.concatenate([[0.0], numpy.cumsum(shape.offramp_costs())])
     n_words = numpy.diff(offsets).astype("float64")
     span_of_word = numpy.repeat(numpy.arange(n_spans), numpy.diff(offsets))
     total = numpy.bincount(span_of_word, weights=pieces, minlength=n_spans) + other
     per_active_piece = shape.per_piece(total)
     embedding = total * shape.embedding_projection * d
-    full = embedding + shape.n_layers * (total * 2 * d * d + total * per_active_piece + n_words * d * n_classes)
+    full = embedding + shape.n_layers * (total * 2 * d * d + total * per_active_piece) + n_words * ramp_upto[-1]
     layers_run = numpy.zeros(n_spans)
     numpy.maximum.at(layers_run, span_of_word, exits)
     piece_layers = numpy.bincount(span_of_word, weights=pieces * exits, minlength=n_spans)
-    word_layers = numpy.bincount(span_of_word, weights=exits, minlength=n_spans)
+    word_ramps = numpy.bincount(
+        span_of_word, weights=ramp_upto[numpy.asarray(exit_layers, dtype="int64")], minlength=n_spans
+    )
     computed_pieces = piece_layers + other * layers_run if shape.packed else total * layers_run
     cost = embedding + (
         layers_run * total * 2 * d * d
         + computed_pieces * per_active_piece
-        + word_layers * d * n_classes
+        + word_ramps
     )
     empty = n_words == 0
     cost[empty] = 0.0

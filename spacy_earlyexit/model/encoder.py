@@ -17,20 +17,8 @@ from .cost_model import EncoderShape
 from .exit_policy import exit_rule, last_layer
 from .exit_settings import ExitSettings
 from .families import EncoderFamily, family_of
+from .offramp import OffRamp, OffRampHeads, offramp_macs  # noqa: F401 (OffRamp: re-exported)
 from .packed_layer import PieceLayout, masked_layer_forward, packed_layers_forward
-
-
-class OffRamp(nn.Module):
-    """Dropout + linear from a layer's hidden state to the label set."""
-
-    def __init__(self, hidden_size: int, n_classes: int, dropout: float) -> None:
-        super().__init__()
-        self.dropout = nn.Dropout(dropout)
-        self.linear = nn.Linear(hidden_size, n_classes)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden: [N, d] -> logits [N, C]"""
-        return self.linear(self.dropout(hidden))
 
 
 class EarlyExitEncoder(nn.Module):
@@ -42,7 +30,8 @@ class EarlyExitEncoder(nn.Module):
     for pieces of no word, zero at first so that the pretrained encoder is
     unchanged) to the input states of every piece, by its word's case class
     (EncoderBatch.piece_case): an uncased vocabulary keeps capitalization
-    this way. packed: compute only the active pieces at each layer (None: where
+    this way. offramp_heads: which layers get context off-ramps (offramp.py;
+    None: every off-ramp plain). packed: compute only the active pieces at each layer (None: where
     the family's layers allow it; False: the masked path, every piece
     computed, exited ones kept frozen; True: required).
     """
@@ -54,6 +43,7 @@ class EarlyExitEncoder(nn.Module):
         offramp_dropout: float = 0.1,
         packed: Optional[bool] = None,
         case_classes: int = 0,
+        offramp_heads: Optional[OffRampHeads] = None,
     ):
         super().__init__()
         if n_classes < 1:
@@ -66,9 +56,9 @@ class EarlyExitEncoder(nn.Module):
         self.hidden_size = int(config.hidden_size)
         self.n_classes = n_classes
         self.offramp_dropout = float(offramp_dropout)
-        self.offramps = nn.ModuleList(
-            OffRamp(self.hidden_size, n_classes, offramp_dropout) for _ in self.layers
-        )
+        self.offramp_heads = offramp_heads or OffRampHeads()
+        self.offramp_heads.check(len(self.layers))
+        self.offramps = self.offramp_heads.build(len(self.layers), self.hidden_size, n_classes, offramp_dropout)
         if isinstance(case_classes, bool) or not isinstance(case_classes, int) or case_classes < 0:
             raise ValueError(f"case_classes must be an integer >= 0; got {case_classes!r}")
         self.case_classes = case_classes
@@ -112,6 +102,7 @@ class EarlyExitEncoder(nn.Module):
             gated_feed_forward=self.family.gated_feed_forward,
             relative_positions=_relative_positions(self.transformer),
             packed=self.packed,
+            offramp_macs=offramp_macs(self.offramps),
         )
 
     def embed(self, input_ids: torch.Tensor, real_mask: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -1,11 +1,12 @@
 """Registered architectures and settings blocks (versioned; never edit a
 released version, add a new one)."""
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 from spacy.util import registry
 
 from ..layers.early_exit_transformer import EarlyExitTransformerModel
 from ..layers.wordpieces import SpanGetter
+from ..model.offramp import OffRampHeads
 from ..model.self_sampling import SelfSampling
 
 
@@ -110,6 +111,9 @@ def EarlyExitTransformer_v3(
     piece_split: str = "none",
     case_features: bool = False,
     keep_layers: Optional[int] = None,
+    offramp_context_layers: Union[int, str] = 0,
+    offramp_context: int = 1,
+    offramp_hidden: int = 0,
     nO: Optional[int] = None,
 ):
     """EarlyExitTransformer.v2 plus:
@@ -126,6 +130,12 @@ def EarlyExitTransformer_v3(
         trained for another objective: multilingual-e5-small's layers 10-12
         (sentence embeddings) learn NER much more slowly than its middle
         layers (benchmarks/results/ner/e5_layer_probe.md).
+    offramp_context_layers: the lowest N layers ("all": every layer) get context off-ramps
+        (model/offramp.py), which read the states of the offramp_context
+        words either side of a word too, through a hidden layer of
+        offramp_hidden units (0: linear). 0 (default): every off-ramp is
+        dropout + linear on the word's own state, as in the paper. The
+        saved weights decide when a pipeline is loaded.
     The other arguments are those of v2.
     """
     return EarlyExitTransformerModel(
@@ -144,6 +154,7 @@ def EarlyExitTransformer_v3(
         piece_split=piece_split,
         case_features=case_features,
         keep_layers=keep_layers,
+        offramp_heads=OffRampHeads(offramp_context_layers, offramp_context, offramp_hidden),
     )
 
 

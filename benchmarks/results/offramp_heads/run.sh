@@ -1,0 +1,56 @@
+#!/bin/bash
+# Context off-ramps (EarlyExitTransformer.v3 offramp_context_layers / offramp_context /
+# offramp_hidden): the runs behind README's "Context off-ramps". Run with the project installed
+# (README), MiniLM at assets/minilm (`python -m spacy_earlyexit fetch-backbone assets/minilm`),
+# ../shared/data beside the project, and for the e5 part the e5 POS stage 1 of
+# benchmarks/results/e5_pos_6epochs/train.sh. Two jobs ran at a time on the 2 cores.
+set -e
+cd "$(dirname "$0")/../../.." && export HF_HUB_OFFLINE=1
+OUT=benchmarks/results/offramp_heads
+# corpora: Universal NER EWT (train on its dev file less 200 sentences, score on its test file)
+# and WNUT-16 (1,915 tweets to train, 479 held out)
+python -m spacy_earlyexit convert ../shared/data/uner_en_ewt/en_ewt-ud-dev.iob2 corpus/uner/train.spacy \
+  --dev-output corpus/uner/dev.spacy --dev-share 0.1 --seed 0
+python -m spacy_earlyexit convert ../shared/data/uner_en_ewt/en_ewt-ud-test.iob2 corpus/uner/test.spacy
+python -m spacy_earlyexit fetch-wnut assets/wnut16/ner.txt
+python -m spacy_earlyexit convert assets/wnut16/ner.txt corpus/wnut/train.spacy \
+  --dev-output corpus/wnut/dev.spacy --dev-share 0.2 --seed 0
+M=--components.earlyexit_tagger.model
+PLAIN="$M.offramp_context_layers 0"
+ner() {  # NAME CORPUS SEED SETTINGS...: configs/ner_joint.cfg (5 epochs, MiniLM), then the scores
+  name=$1 corpus=$2 seed=$3; shift 3
+  python -m spacy train configs/ner_joint.cfg --output training/heads/$name --paths.train corpus/$corpus/train.spacy \
+    --paths.dev corpus/$corpus/dev.spacy --paths.backbone assets/minilm --system.seed $seed \
+    --initialize.before_init.threads 1 "$@"
+  test=corpus/$corpus/test.spacy; [ -e $test ] || test=corpus/$corpus/dev.spacy
+  python -m spacy evaluate training/heads/$name/model-last $test --output training/heads/$name/test_scores.json
+}
+ner uner_plain uner 0 $PLAIN
+ner uner_ctx uner 0 $M.offramp_context_layers 3 $M.offramp_hidden 384
+ner uner_ctx6_lin uner 0 $M.offramp_hidden 0
+ner uner_ctx6_lin_s1 uner 1 $M.offramp_hidden 0
+ner uner_ctx6_h128 uner 0 $M.offramp_hidden 128
+ner uner_ctx6_mlp uner 0            # ner_joint.cfg as shipped: "all", context 1, 384 units
+ner uner_ctx6_mlp_s1 uner 1
+ner wnut_plain wnut 0 $PLAIN
+ner wnut_ctx6_mlp wnut 0
+# exits, UNER test, 3 interleaved repetitions, one thread, idle machine
+python -m spacy_earlyexit sweep --model plain=training/heads/uner_plain/model-last \
+  --model context=training/heads/uner_ctx6_mlp/model-last --dev corpus/uner/test.spacy --output $OUT/uner_sweep \
+  --modes token --thresholds 0.05,0.1,0.2 --windows 0,1 --entity-margins off,1 --repetitions 3 --threads 1 --no-progress
+# e5 POS (12 layers): which head do the trained states support? (probe on frozen states)
+python benchmarks/offramp_heads/head_probe.py training/pos_e5_6ep/joint/model-best corpus/pos/train.spacy \
+  corpus/pos/dev.spacy --threads 1 --out $OUT/e5_pos_head_probe.json
+# then context off-ramps (384 units) on its layers 1-3, fresh, trained one epoch on the frozen encoder
+python benchmarks/offramp_heads/with_context_offramps.py training/pos_e5_6ep/joint/model-best training/heads/e5_pos_ctx_init \
+  --layers 3 --context 1 --hidden 384
+python -m spacy train configs/pos_continue_e5.cfg --output training/heads/e5_pos_ctx --paths.train corpus/pos/train.spacy \
+  --paths.dev corpus/pos/dev.spacy --paths.stage1 training/heads/e5_pos_ctx_init --system.seed 0 \
+  --training.max_steps 800 --training.optimizer.learn_rate.total_steps 800 \
+  --training.optimizer.learn_rate.warmup_steps 40 --training.optimizer.learn_rate.initial_rate 0.001 \
+  --training.eval_frequency 400 --initialize.before_init.threads 2
+python benchmarks/layer_accuracy.py training/heads/e5_pos_ctx/model-last corpus/pos/dev.spacy --out $OUT/e5_pos_context_heads_layers.json
+# one repetition (timings taken while another job ran: accuracy and FLOPs exact, wall-clock indicative)
+python -m spacy_earlyexit sweep --model stage1=training/pos_e5_6ep/joint/model-best --model context=training/heads/e5_pos_ctx/model-last \
+  --dev corpus/pos/dev.spacy --output $OUT/e5_pos_sweep_1rep --modes token --thresholds 0.02,0.03,0.05,0.1 --windows 0,1 \
+  --later-factors 1/2/4/8 --max-layers 6,all --repetitions 1 --threads 1 --no-progress
