@@ -4,10 +4,7 @@ for the training that follows (the new heads then learn on the trained
 states; spacy train with a config that sources OUTPUT).
 
     python benchmarks/offramp_heads/with_context_offramps.py PIPELINE OUTPUT \
-        --layers 3 --context 1 --hidden 384 [--plain]
-
---plain: fresh plain off-ramps on those layers instead (the control: same
-training, the paper's head).
+        --layers 3 --context 1 --hidden 384
 """
 import argparse
 from pathlib import Path
@@ -28,15 +25,14 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=3)
     parser.add_argument("--context", type=int, default=1)
     parser.add_argument("--hidden", type=int, default=384)
-    parser.add_argument("--plain", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     nlp = spacy.load(args.pipeline)
     model = nlp.get_pipe(PIPE).model
     encoder = model.shims[0].encoder
-    heads = OffRampHeads() if args.plain else OffRampHeads(args.layers, args.context, args.hidden)
-    fresh = (heads if not args.plain else OffRampHeads()).build(
+    heads = OffRampHeads(args.layers, args.context, args.hidden)
+    fresh = heads.build(
         encoder.n_layers, encoder.hidden_size, encoder.n_classes, encoder.offramp_dropout
     )
     for index in range(args.layers, encoder.n_layers):

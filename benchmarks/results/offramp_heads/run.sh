@@ -54,3 +54,12 @@ python benchmarks/layer_accuracy.py training/heads/e5_pos_ctx/model-last corpus/
 python -m spacy_earlyexit sweep --model stage1=training/pos_e5_6ep/joint/model-best --model context=training/heads/e5_pos_ctx/model-last \
   --dev corpus/pos/dev.spacy --output $OUT/e5_pos_sweep_1rep --modes token --thresholds 0.02,0.03,0.05,0.1 --windows 0,1 \
   --later-factors 1/2/4/8 --max-layers 6,all --repetitions 1 --threads 1 --no-progress
+# stage 2 on the context pipeline, and its exits against stage 1 (one repetition)
+python -m spacy train configs/ner_selfsample.cfg --output training/heads/uner_ctx6_mlp_ss --paths.train corpus/uner/train.spacy \
+  --paths.dev corpus/uner/dev.spacy --paths.stage1 training/heads/uner_ctx6_mlp/model-last --system.seed 0 \
+  --initialize.before_init.threads 1
+python -m spacy evaluate training/heads/uner_ctx6_mlp_ss/model-last corpus/uner/test.spacy
+python -m spacy_earlyexit sweep --model stage1=training/heads/uner_ctx6_mlp/model-last \
+  --model stage2=training/heads/uner_ctx6_mlp_ss/model-last --dev corpus/uner/test.spacy \
+  --output $OUT/uner_stage2_sweep_1rep --modes token --thresholds 0.1,0.2,0.3,0.4 --windows 1 \
+  --entity-margins off,1 --repetitions 1 --threads 1 --no-progress
