@@ -63,3 +63,8 @@ python -m spacy_earlyexit sweep --model stage1=training/heads/uner_ctx6_mlp/mode
   --model stage2=training/heads/uner_ctx6_mlp_ss/model-last --dev corpus/uner/test.spacy \
   --output $OUT/uner_stage2_sweep_1rep --modes token --thresholds 0.1,0.2,0.3,0.4 --windows 1 \
   --entity-margins off,1 --repetitions 1 --threads 1 --no-progress
+# multilingual-e5-small (configs/ner_joint_e5.cfg: 8 layers; context off-ramps as shipped now)
+python -m spacy train configs/ner_joint_e5.cfg --output training/heads/uner_e5_ctx --paths.train corpus/uner/train.spacy \
+  --paths.dev corpus/uner/dev.spacy --paths.backbone assets/multilingual-e5-small --system.seed 0 \
+  --initialize.before_init.threads 1
+python -m spacy evaluate training/heads/uner_e5_ctx/model-last corpus/uner/test.spacy --output $OUT/e5_uner_context_test_scores.json
