@@ -78,9 +78,12 @@ class _BatchRun:
             torch.zeros(n_layers, n_words, dtype=torch.bool, device=device) if return_layer_logits else None
         )
         self.hidden_states = [self.hidden] if output_hidden_states else None
-        context = max((int(getattr(ramp, "context", 0)) for ramp in encoder.offramps), default=0)
-        # [W, 2c + 1] the words of each word's window (-1: none), for context off-ramps
-        self.window_words = _window_words(batch, self.word_grid.shape[1], context) if context else None
+        heads = encoder.offramp_heads
+        # [W, 2c + 1] the words of each word's window (-1: none); [W, 1] (the
+        # word itself) for context off-ramps without neighbours; None: no context off-ramps
+        self.window_words = (
+            _window_words(batch, self.word_grid.shape[1], heads.context) if heads.context_layers else None
+        )
         # [S] bool: spans with an active word (at first: spans with a word;
         # spans without words have nothing to compute)
         self.span_running = torch.zeros(batch.n_spans, dtype=torch.bool, device=device)
@@ -146,12 +149,8 @@ class _BatchRun:
         if not isinstance(ramp, ContextOffRamp):
             piece = self.row_of_span[batch.word_span[words]] * length + batch.word_piece[words]
             return ramp(encoder.exit_states(flat.index_select(0, piece)))
-        centre = self.window_words.shape[1] // 2 if self.window_words is not None else 0
-        if ramp.context:
-            assert self.window_words is not None
-            window = self.window_words[words][:, centre - ramp.context: centre + ramp.context + 1]
-        else:
-            window = words[:, None]
+        assert self.window_words is not None  # every context off-ramp has the heads' window
+        window = self.window_words[words]
         present = window >= 0
         # a missing neighbour reads the word itself (then zeroed): word 0's span may be gone
         known = torch.where(present, window, words[:, None].expand_as(window))

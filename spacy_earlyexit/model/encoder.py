@@ -57,7 +57,6 @@ class EarlyExitEncoder(nn.Module):
         self.n_classes = n_classes
         self.offramp_dropout = float(offramp_dropout)
         self.offramp_heads = offramp_heads or OffRampHeads()
-        self.offramp_heads.check(len(self.layers))
         self.offramps = self.offramp_heads.build(len(self.layers), self.hidden_size, n_classes, offramp_dropout)
         if isinstance(case_classes, bool) or not isinstance(case_classes, int) or case_classes < 0:
             raise ValueError(f"case_classes must be an integer >= 0; got {case_classes!r}")

@@ -55,7 +55,8 @@ class OffRampHeads:
             )
 
     def build(self, n_layers: int, hidden_size: int, n_classes: int, dropout: float) -> nn.ModuleList:
-        """One off-ramp per layer."""
+        """One off-ramp per layer (refusing more context layers than layers)."""
+        self.check(n_layers)
         ramps: List[nn.Module] = []
         for index in range(n_layers):
             if self.is_context(index):
