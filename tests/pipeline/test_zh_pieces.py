@@ -24,12 +24,16 @@ def sp_bert(tmp_path_factory):
     return write_tiny_sentencepiece_bert(tmp_path_factory.mktemp("sp_bert"))
 
 
-def make_nlp(bert, task: str, piece_split: str) -> Language:
+def make_nlp(bert, task: str, piece_split: str, **v3_settings) -> Language:
+    """A blank zh pipeline (one token per character) with the tagger on `bert`;
+    v3_settings (e.g. context off-ramps) switch to EarlyExitTransformer.v3."""
     nlp = spacy.blank("zh")
+    version = "v3" if v3_settings else "v2"
     model = {
-        "@architectures": "spacy_earlyexit.EarlyExitTransformer.v2", "name": str(bert),
+        "@architectures": f"spacy_earlyexit.EarlyExitTransformer.{version}", "name": str(bert),
         "encoder_learn_rate_scale": 1.0, "offramp_dropout": 0.0, "piece_split": piece_split,
         "get_spans": {"@span_getters": "spacy-transformers.strided_spans.v1", "window": 128, "stride": 96},
+        **v3_settings,
     }
     nlp.add_pipe("earlyexit_tagger", config={"task": task, "model": model})
     return nlp
@@ -131,3 +135,37 @@ def test_ner_first_piece_labels_every_character_and_never_splits(sp_bert):
     outputs.labels[0][2] = classes.index("U-LOC")  # 上 copies it
     tagger.set_annotations([doc], outputs)
     assert [(e.text, e.label_) for e in doc.ents] == [("在上", "LOC")]
+
+
+CONTEXT_OFFRAMPS = {"offramp_context_layers": "all", "offramp_context": 1, "offramp_hidden": 16}
+
+
+@pytest.mark.parametrize("task,key", [("segment", "token_f"), ("ner", "ents_f")])
+def test_context_offramps_on_split_pieces(sp_bert, task, key):
+    """Context off-ramps (the zh configs' heads) read a character's
+    neighbours, which piece_split "tokens" gives pieces of their own: the
+    gold words and entities come back, and under token exit nlp.pipe gives
+    what one doc at a time gives."""
+    nlp = make_nlp(sp_bert, task, "tokens", **CONTEXT_OFFRAMPS)
+    examples = segment_examples(nlp) if task == "segment" else ner_examples(nlp)
+    assert train(nlp, examples, key)[key] == 1.0
+    tagger = nlp.get_pipe("earlyexit_tagger")
+    assert type(tagger.model.shims[0].encoder.offramps[0]).__name__ == "ContextOffRamp"
+    texts = [example.reference.text for example in examples]
+    for doc, example in zip(nlp.pipe(texts), examples):
+        assert doc.text == example.reference.text
+        if task == "segment":
+            assert [t.text for t in doc] == [t.text for t in example.reference]
+        else:
+            assert [(e.start_char, e.end_char, e.label_) for e in doc.ents] == [
+                (e.start_char, e.end_char, e.label_) for e in example.reference.ents
+            ]
+
+    def annotations(docs):
+        return [[(t.text, t.ent_iob_, t.ent_type_, t._.exit_layer) for t in doc] for doc in docs]
+
+    setting = {"exit_mode": "token", "threshold": 0.3, "window": 1}
+    batched = annotations(nlp.pipe(texts, component_cfg={"earlyexit_tagger": setting}))
+    singles = annotations(nlp(text, component_cfg={"earlyexit_tagger": setting}) for text in texts)
+    assert batched == singles
+    assert len({layer for doc in batched for (*_, layer) in doc}) > 1  # words leave at several layers

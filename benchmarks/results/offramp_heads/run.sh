@@ -68,3 +68,12 @@ python -m spacy train configs/ner_joint_e5.cfg --output training/heads/uner_e5_c
   --paths.dev corpus/uner/dev.spacy --paths.backbone assets/multilingual-e5-small --system.seed 0 \
   --initialize.before_init.threads 1
 python -m spacy evaluate training/heads/uner_e5_ctx/model-last corpus/uner/test.spacy --output $OUT/e5_uner_context_test_scores.json
+# its exits on the first 1,000 test docs, with MiniLM's context pipeline timed alongside at full depth
+# (2 interleaved repetitions, one thread; the other core ran the zh jobs of benchmarks/results/zh_ctx/)
+python -m spacy_earlyexit sweep --model e5_context=training/heads/uner_e5_ctx/model-last --dev corpus/uner/test.spacy \
+  --output $OUT/e5_uner_sweep --modes token --thresholds 0.05,0.1,0.2 --windows 0,1 --entity-margins off,1 \
+  --repetitions 2 --limit 1000 --threads 1 --no-progress --reference minilm_context=training/heads/uner_ctx6_mlp/model-last
+# lower thresholds and wider windows (the first sweep's settings all lose more than 0.5)
+python -m spacy_earlyexit sweep --model e5_context=training/heads/uner_e5_ctx/model-last --dev corpus/uner/test.spacy \
+  --output $OUT/e5_uner_sweep_low --modes token --thresholds 0.005,0.01,0.02 --windows 1,2 --entity-margins off,1 \
+  --repetitions 2 --limit 1000 --threads 1 --no-progress
