@@ -1,0 +1,23 @@
+#!/bin/bash
+# The entity rule with wider margins on the MSRA context pipelines (stage 1 and the 600-step
+# stage 2 of stage2.sh), dev300; `choose` at >= 2x measured wall-clock; test score of the choice.
+set -e
+cd "$(dirname "$0")/../../.." && export HF_HUB_OFFLINE=1
+OUT=benchmarks/results/zh_ctx
+# margins 1-3, each stage in its own sweep (the two ran side by side on the 2 cores)
+python -m spacy_earlyexit sweep --model joint=training/zh_ctx_ner/joint/model-best --dev corpus/zh_msra/dev300.spacy \
+  --output $OUT/ner_margins_sweep_stage1_m123 --modes token --thresholds 0.05,0.1,0.2 --windows 0,1 \
+  --later-factors 1 --entity-margins 1,2,3 --repetitions 2 --threads 1 --no-progress
+python -m spacy_earlyexit sweep --model ss600=training/zh_ctx_ner/selfsample600/model-last --dev corpus/zh_msra/dev300.spacy \
+  --output $OUT/ner_margins_sweep_stage2_m123 --modes token --thresholds 0.05,0.1,0.2 --windows 0,1 \
+  --later-factors 1 --entity-margins 1,2,3 --repetitions 2 --threads 1 --no-progress
+# margins 2-6, both stages in one sweep (the other core ran the UNER sweep below)
+python -m spacy_earlyexit sweep --model stage1=training/zh_ctx_ner/joint/model-best \
+  --model stage2=training/zh_ctx_ner/selfsample600/model-last --dev corpus/zh_msra/dev300.spacy \
+  --output $OUT/ner_margins_sweep --modes token --thresholds 0.1,0.2,0.3 --windows 0,1 --later-factors 1 \
+  --entity-margins 2,3,4,6 --repetitions 2 --threads 1 --no-progress
+python -m spacy_earlyexit choose $OUT/ner_margins_sweep.json --model stage2 \
+  --pipeline training/zh_ctx_ner/selfsample600/model-last --output training/zh_ctx_ner/chosen_margin \
+  --target-speedup 2.0 --speedup-key wall_speedup --record $OUT/ner_stage2_margin_operating_point.json
+python -m spacy evaluate training/zh_ctx_ner/chosen_margin corpus/zh_msra/test.spacy \
+  --output $OUT/test_zh_msra_context_stage2_margin_chosen.json
