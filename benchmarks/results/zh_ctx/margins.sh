@@ -21,3 +21,15 @@ python -m spacy_earlyexit choose $OUT/ner_margins_sweep.json --model stage2 \
   --target-speedup 2.0 --speedup-key wall_speedup --record $OUT/ner_stage2_margin_operating_point.json
 python -m spacy evaluate training/zh_ctx_ner/chosen_margin corpus/zh_msra/test.spacy \
   --output $OUT/test_zh_msra_context_stage2_margin_chosen.json
+# stage 2 (600 steps) that simulates the entity rule (margin 4) in self-sampling, swept against
+# the plain-TOKEE stage 2 (13 minutes of training while a CI run shared the cores)
+python -m spacy train configs/zh_ner_selfsample.cfg --output training/zh_ctx_ner/selfsample600_e4 \
+  --paths.train corpus/zh_msra/train.spacy --paths.dev corpus/zh_msra/dev300.spacy \
+  --paths.stage1 training/zh_ctx_ner/joint/model-best --training.max_epochs 0 --training.max_steps 600 \
+  --training.eval_frequency 200 --training.optimizer.learn_rate 0.0003 --system.seed 0 --initialize.before_init.threads 1 \
+  --training.before_update.self_sampling.@misc spacy_earlyexit.SelfSampling.v3 \
+  --training.before_update.self_sampling.entity_exit true --training.before_update.self_sampling.entity_margin 4
+python -m spacy_earlyexit sweep --model ss600=training/zh_ctx_ner/selfsample600/model-last \
+  --model ss600_e4=training/zh_ctx_ner/selfsample600_e4/model-last --dev corpus/zh_msra/dev300.spacy \
+  --output $OUT/ner_stage2_entity_sampling_sweep --modes token --thresholds 0.05,0.1,0.2 --windows 0,1 \
+  --later-factors 1 --entity-margins off,1,3,6 --repetitions 2 --threads 1 --no-progress
