@@ -55,8 +55,10 @@ class Patches:
         exits = settings is not None and settings.exit_mode != "off"
         if not exits or self.variant == "real":
             return self.forward(batches, settings, forced, return_layer_logits, output_hidden_states, entity_classes)
-        full = [self.forward([b], ExitSettings(), None, True, True, entity_classes)[0] for b in batches]
-        if self.variant == "neighbours at full depth":
+        # the full-depth run gives what the variant replaces: states, or labels per layer
+        states = self.variant == "neighbours at full depth"
+        full = [self.forward([b], ExitSettings(), None, not states, states, entity_classes)[0] for b in batches]
+        if states:
             self.full_states = {id(b): out.hidden_states for b, out in zip(batches, full)}
         try:
             outs = self.forward(batches, settings, forced, return_layer_logits, output_hidden_states, entity_classes)
