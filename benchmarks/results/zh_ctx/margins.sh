@@ -33,3 +33,9 @@ python -m spacy_earlyexit sweep --model ss600=training/zh_ctx_ner/selfsample600/
   --model ss600_e4=training/zh_ctx_ner/selfsample600_e4/model-last --dev corpus/zh_msra/dev300.spacy \
   --output $OUT/ner_stage2_entity_sampling_sweep --modes token --thresholds 0.05,0.1,0.2 --windows 0,1 \
   --later-factors 1 --entity-margins off,1,3,6 --repetitions 2 --threads 1 --no-progress
+# the same entity-rule grid on all 1,006 dev sentences (what the zh workflow's sweep reads), both
+# stages in one sweep (the other core trained a model); dev300's margin-6 result did not hold there
+python -m spacy_earlyexit sweep --model stage1=training/zh_ctx_ner/joint/model-best \
+  --model stage2=training/zh_ctx_ner/selfsample600/model-last --dev corpus/zh_msra/dev.spacy \
+  --output $OUT/ner_sweep_devfull --modes token --thresholds 0.05,0.1,0.2 --windows 0,1 --later-factors 1 \
+  --entity-margins off,1,3,6 --repetitions 2 --threads 1 --no-progress
