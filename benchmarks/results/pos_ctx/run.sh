@@ -11,10 +11,15 @@ R=benchmarks/results/pos_ctx; O=training/pos_ctx
 python $R/export_encoder.py training/pos_e5_6ep/joint/model-best $O/e5_enc
 python $R/export_encoder.py training/pos_minilm/joint/model-best $O/minilm_enc
 # heads only (freeze_encoder), context off-ramps on every layer (one word either side, 384 GELU
-# units); MiniLM 2 epochs (820 steps, 13 CPU-minutes), e5 stopped after its first epoch (410 steps)
+# units): each backbone's stage-1 config with these model settings; MiniLM 2 epochs (820 steps,
+# 13 CPU-minutes), e5 stopped after its first epoch (410 steps)
+M=--components.earlyexit_tagger.model
 for b in minilm e5; do
-  python -m spacy train $R/heads_$b.cfg --output $O/heads_$b --paths.train corpus/pos/train.spacy \
-    --paths.dev corpus/pos/dev.spacy --paths.backbone $O/${b}_enc --training.max_epochs 2 \
+  if [ $b = e5 ]; then C=configs/pos_joint_e5.cfg; else C=configs/pos_joint.cfg; fi
+  python -m spacy train $C --output $O/heads_$b --paths.train corpus/pos/train.spacy \
+    --paths.dev corpus/pos/dev.spacy --paths.backbone $O/${b}_enc \
+    $M.@architectures spacy_earlyexit.EarlyExitTransformer.v3 $M.freeze_encoder true \
+    $M.offramp_context_layers all $M.offramp_context 1 $M.offramp_hidden 384 --training.max_epochs 2 \
     --training.optimizer.learn_rate.total_steps 820 --training.optimizer.learn_rate.warmup_steps 40 \
     --training.eval_frequency 410 --system.seed 0 --initialize.before_init.threads 1
 done
