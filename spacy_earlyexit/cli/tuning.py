@@ -2,6 +2,7 @@
 import argparse
 import json
 from pathlib import Path
+from typing import Optional
 
 from .parsing import floats, ints, words
 
@@ -56,7 +57,9 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 def cmd_choose(args: argparse.Namespace) -> None:
     from ..tuning.grid import is_baseline
-    from ..tuning.operating_point import baseline_score, pick_for_speedup, pick_within_loss, write_operating_point
+    from ..tuning.operating_point import (
+        ANY_MODEL, baseline_score, pick_for_speedup, pick_within_loss, write_operating_point,
+    )
 
     result = json.loads(Path(args.sweep).read_text(encoding="utf8"))
     rows = result["rows"]
@@ -67,14 +70,15 @@ def cmd_choose(args: argparse.Namespace) -> None:
         row = pick_for_speedup(rows, args.target_speedup, speedup_key=args.speedup_key, model=args.model)
         rule = f"best {result['score_key']} with {args.speedup_key} >= {args.target_speedup}"
     if row is None:
-        candidates = [r for r in rows if args.model is None or r["model"] == args.model]
+        candidates = [r for r in rows if args.model in (None, ANY_MODEL) or r["model"] == args.model]
         fastest = max((r.get(args.speedup_key) or 0.0) for r in candidates)
         raise SystemExit(f"no setting of the sweep qualifies ({rule}); the fastest reaches "
                          f"{fastest:.2f}x. Add larger thresholds to the sweep or relax the target.")
-    output = write_operating_point(args.pipeline, row, args.output)
-    base = baseline_score(rows, args.model)
+    pipeline = _pipeline_of(result, row, args.pipeline, args.model)
+    output = write_operating_point(pipeline, row, args.output)
+    base = baseline_score(rows, row["model"])
     print(f"rule: {rule}")
-    print(f"chosen: {row['name']} ({result['score_key']} {row['score']:.4f} vs off {base:.4f}, "
+    print(f"chosen: {row['model']} {row['name']} ({result['score_key']} {row['score']:.4f} vs its off {base:.4f}, "
           f"FLOPs speed-up {row['flops_speedup']:.2f}x, wall speed-up "
           f"{row.get('wall_speedup') or float('nan'):.2f}x, mean exit layer {row['exit_layer_mean']:.2f})")
     per_type = row.get("per_type")
@@ -89,7 +93,24 @@ def cmd_choose(args: argparse.Namespace) -> None:
     if args.record:
         record = Path(args.record)
         record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps({"rule": rule, "baseline_score": base, "row": row}, indent=2) + "\n")
+        record.write_text(json.dumps(
+            {"rule": rule, "pipeline": str(pipeline), "baseline_score": base, "row": row}, indent=2) + "\n")
+
+
+def _pipeline_of(result: dict, row: dict, pipeline: Optional[str], model: Optional[str]) -> str:
+    """The pipeline to save the chosen row's setting in: --pipeline, or the path the sweep
+    recorded for the row's model (needed with --model any: the winner is known only now)."""
+    from ..tuning.operating_point import ANY_MODEL
+
+    recorded = (result.get("models") or {}).get(row["model"])
+    if pipeline is None:
+        if recorded is None:
+            raise SystemExit(f"the sweep records no path for pipeline {row['model']!r}: pass --pipeline")
+        return str(recorded)
+    if model == ANY_MODEL and recorded is not None and Path(recorded).resolve() != Path(pipeline).resolve():
+        raise SystemExit(f"--model any chose {row['model']!r} ({recorded}), not --pipeline {pipeline}: "
+                         f"leave out --pipeline to save the setting in the chosen pipeline")
+    return pipeline
 
 
 def add_commands(commands: "argparse._SubParsersAction") -> None:
@@ -129,9 +150,11 @@ def add_commands(commands: "argparse._SubParsersAction") -> None:
 
     choose = commands.add_parser("choose", help="pick an operating point and save it in a pipeline")
     choose.add_argument("sweep", help="the sweep's JSON")
-    choose.add_argument("--pipeline", required=True)
+    choose.add_argument("--pipeline", default=None,
+                        help="where the chosen setting goes (default: the chosen row's pipeline as the sweep recorded it)")
     choose.add_argument("--output", default=None, help="where to save (default: in place)")
-    choose.add_argument("--model", default=None, help="which of the sweep's pipelines (e.g. stage2)")
+    choose.add_argument("--model", default=None,
+                        help="which of the sweep's pipelines (e.g. stage2); 'any': all of them compete")
     rule = choose.add_mutually_exclusive_group(required=True)
     rule.add_argument("--target-speedup", type=float, help="best score with at least this speed-up")
     rule.add_argument("--max-loss", type=float, help="fastest within this score loss (0.01 = 1 point)")

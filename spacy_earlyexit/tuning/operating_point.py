@@ -13,6 +13,9 @@ from .grid import is_baseline
 
 SPEEDUP_KEYS = ("flops_speedup", "wall_speedup")
 COMPONENT = "earlyexit_tagger"
+# model="any": every pipeline of the sweep competes (e.g. stage 1 against stage 2,
+# whichever scores better at the target); a pipeline really named "any" is taken by name
+ANY_MODEL = "any"
 
 Row = Mapping[str, Any]
 
@@ -22,9 +25,12 @@ def _rows_of(rows: Sequence[Row], model: Optional[str], speedup_key: str) -> Lis
         raise ValueError(f"speedup_key must be one of {', '.join(SPEEDUP_KEYS)}; got {speedup_key!r}")
     rows = [row for row in rows if row.get("setting") is not None]  # not reference pipelines
     models = sorted({row["model"] for row in rows})
-    if model is None:
+    if model == ANY_MODEL and model not in models:
+        model = None
+    elif model is None:
         if len(models) > 1:
-            raise ValueError(f"the sweep has several pipelines ({', '.join(models)}): name one")
+            raise ValueError(f"the sweep has several pipelines ({', '.join(models)}): "
+                             f"name one, or {ANY_MODEL!r} to let them compete")
     elif model not in models:
         raise ValueError(f"no rows for pipeline {model!r} in the sweep (it has: {', '.join(models)})")
     return [
@@ -35,11 +41,12 @@ def _rows_of(rows: Sequence[Row], model: Optional[str], speedup_key: str) -> Lis
 
 
 def baseline_score(rows: Sequence[Row], model: Optional[str] = None) -> float:
-    """The score of the pipeline's exit_mode "off" row at full depth (no max_layer)."""
+    """The score of the pipeline's exit_mode "off" row at full depth (no max_layer);
+    with model="any", the best such score of the sweep's pipelines."""
     off = [row for row in _rows_of(rows, model, "flops_speedup") if is_baseline(row["setting"])]
     if not off:
         raise ValueError("the sweep has no exit_mode 'off' row at full depth to compare with")
-    return float(off[0]["score"])
+    return float(max(row["score"] for row in off))
 
 
 def pick_for_speedup(
@@ -54,7 +61,8 @@ def pick_for_speedup(
 
     speedup_key: "flops_speedup" (analytic, reproducible) or "wall_speedup"
         (measured on the machine that ran the sweep).
-    model: which pipeline's rows (needed when the sweep has several).
+    model: which pipeline's rows (needed when the sweep has several); "any": the
+        rows of all of them compete.
     """
     candidates = [row for row in _rows_of(rows, model, speedup_key) if row[speedup_key] >= target_speedup]
     if not candidates:
@@ -71,7 +79,8 @@ def pick_within_loss(
 ) -> Optional[Row]:
     """The fastest row whose score is at most `max_loss` below the "off"
     row's at full depth (ties: the better score). max_loss is in the score's own units:
-    0.01 is one point of F1 or accuracy."""
+    0.01 is one point of F1 or accuracy. With model="any" the loss is counted from the
+    best full-depth score of the sweep's pipelines."""
     if max_loss < 0:
         raise ValueError(f"max_loss must be >= 0; got {max_loss}")
     floor = baseline_score(rows, model) - max_loss - 1e-12

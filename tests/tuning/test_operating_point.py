@@ -93,6 +93,63 @@ def test_several_pipelines_need_a_name():
     assert pick_for_speedup(single, 2.0)["setting"]["threshold"] == 0.3
 
 
+def test_any_lets_every_pipeline_compete():
+    # stage 1's token 0.3/0 (0.940 at 2.50x) beats stage 2's best at >= 2x (0.887)
+    chosen = pick_for_speedup(TABLE, 2.0, model="any")
+    assert (chosen["model"], chosen["score"]) == ("stage1", 0.940)
+    # above stage 1's fastest (2.50x) only stage 2 qualifies: its best there is token 0.3/0
+    chosen = pick_for_speedup(TABLE, 2.6, model="any")
+    assert (chosen["model"], chosen["setting"]["threshold"]) == ("stage2", 0.3)
+    # the loss is counted from the better full depth (stage 1's 0.950)
+    assert baseline_score(TABLE, "any") == 0.950
+    assert pick_within_loss(TABLE, 0.01, model="any")["model"] == "stage1"
+    assert pick_within_loss(TABLE, 0.005, model="any")["setting"] == {"exit_mode": "off"}
+    # within 0.09 (floor 0.860): stage 2's token 0.3/0 (0.870, 3.00x) is the fastest
+    chosen = pick_within_loss(TABLE, 0.09, model="any")
+    assert (chosen["model"], chosen["flops_speedup"]) == ("stage2", 3.00)
+    # a pipeline really named "any" is taken by its name
+    named = [{**r, "model": "any"} for r in TABLE if r["model"] == "stage2"] + [r for r in TABLE if r["model"] == "stage1"]
+    assert pick_for_speedup(named, 2.0, model="any")["score"] == 0.887
+
+
+def test_choose_any_saves_the_setting_in_the_winning_pipeline(tiny_bert, tmp_path):
+    """`choose --model any` without --pipeline: the chosen row's pipeline as
+    the sweep recorded it; a --pipeline that is not the winner is refused."""
+    import spacy
+    from spacy.training import Example
+
+    from helpers.tiny_bert import NER_DATA, POS_DATA
+    from spacy_earlyexit.cli import main
+
+    for name, task, data in (("stage1", "ner", NER_DATA), ("stage2", "pos", POS_DATA)):
+        nlp = spacy.blank("en")
+        nlp.add_pipe("earlyexit_tagger", config={"task": task, "model": {"name": str(tiny_bert)}})
+        key = "entities" if task == "ner" else "pos"
+        nlp.initialize(lambda: [Example.from_dict(nlp.make_doc(text), {key: gold}) for text, gold in data])
+        nlp.to_disk(tmp_path / name)
+    sweep = tmp_path / "sweep.json"
+    sweep.write_text(json.dumps({
+        "score_key": "score", "rows": [{**r, "exit_layer_mean": 3.0} for r in TABLE],
+        "models": {"stage1": str(tmp_path / "stage1"), "stage2": str(tmp_path / "stage2")},
+    }))
+    main(["choose", str(sweep), "--model", "any", "--target-speedup", "2.0",
+          "--output", str(tmp_path / "chosen"), "--record", str(tmp_path / "point.json")])
+    chosen = spacy.load(tmp_path / "chosen").get_pipe("earlyexit_tagger")
+    assert chosen.cfg["task"] == "ner"  # a copy of stage 1, the winner
+    assert (chosen.exit_settings.exit_mode, chosen.exit_settings.threshold) == ("token", 0.3)
+    assert json.loads((tmp_path / "point.json").read_text())["pipeline"] == str(tmp_path / "stage1")
+    # stage 1 itself is untouched
+    assert json.loads((tmp_path / "stage1" / "earlyexit_tagger" / "cfg").read_text())["exit"]["exit_mode"] == "off"
+    with pytest.raises(SystemExit, match="chose 'stage1'"):
+        main(["choose", str(sweep), "--model", "any", "--target-speedup", "2.0",
+              "--pipeline", str(tmp_path / "stage2"), "--output", str(tmp_path / "other")])
+    assert not (tmp_path / "other").exists()
+    # one named pipeline with --pipeline still works as before
+    main(["choose", str(sweep), "--model", "stage2", "--target-speedup", "2.0",
+          "--pipeline", str(tmp_path / "stage2"), "--output", str(tmp_path / "chosen2")])
+    assert spacy.load(tmp_path / "chosen2").get_pipe("earlyexit_tagger").exit_settings.threshold == 0.2
+
+
 def test_rows_without_scores_or_speed_are_ignored():
     table = TABLE + [row("stage2", "token", 0.9, 0, None, 9.0, 9.0), row("stage2", "token", 0.8, 0, 0.99, None, None)]
     assert pick_for_speedup(table, 2.0, model="stage2")["setting"]["threshold"] == 0.2

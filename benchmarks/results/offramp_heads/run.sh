@@ -77,3 +77,39 @@ python -m spacy_earlyexit sweep --model e5_context=training/heads/uner_e5_ctx/mo
 python -m spacy_earlyexit sweep --model e5_context=training/heads/uner_e5_ctx/model-last --dev corpus/uner/test.spacy \
   --output $OUT/e5_uner_sweep_low --modes token --thresholds 0.005,0.01,0.02 --windows 1,2 --entity-margins off,1 \
   --repetitions 2 --limit 1000 --threads 1 --no-progress
+# joint training with sampled exits from the start: ner_joint.cfg with ner_selfsample.cfg's
+# [training.before_update] (self-sampling with the entity rule from step 0), two seeds, and its
+# exits against stage 1 (2 interleaved repetitions, one thread, the WNUT run below on the other core)
+python - <<'PY'
+from spacy.util import load_config
+joint = load_config("configs/ner_joint.cfg", interpolate=False)
+joint["training"]["before_update"] = load_config("configs/ner_selfsample.cfg", interpolate=False)["training"]["before_update"]
+joint.to_disk("training/heads/ner_joint_sampled.cfg", interpolate=False)
+PY
+ner_sampled() {  # NAME SEED
+  python -m spacy train training/heads/ner_joint_sampled.cfg --output training/heads/$1 --paths.train corpus/uner/train.spacy \
+    --paths.dev corpus/uner/dev.spacy --paths.backbone assets/minilm --system.seed $2 --initialize.before_init.threads 1
+  python -m spacy evaluate training/heads/$1/model-last corpus/uner/test.spacy --output training/heads/$1/test_scores.json
+}
+ner_sampled uner_ctx6_mlp_joint_sampled 0
+ner_sampled uner_ctx6_mlp_joint_sampled_s1 1
+python -m spacy_earlyexit sweep --model stage1=training/heads/uner_ctx6_mlp/model-last \
+  --model joint_sampled=training/heads/uner_ctx6_mlp_joint_sampled/model-last --dev corpus/uner/test.spacy \
+  --output $OUT/uner_joint_sampled_sweep --modes token --thresholds 0.05,0.1,0.2,0.3 --windows 1 \
+  --entity-margins off,1 --repetitions 2 --threads 1 --no-progress
+# the shipped recipe's exits on WNUT-16 (its 479 held-out tweets; 3 interleaved repetitions, one
+# thread, idle machine; settings chosen on the same tweets they are scored on: optimistic)
+python -m spacy_earlyexit sweep --model context=training/heads/wnut_ctx6_mlp/model-last --dev corpus/wnut/dev.spacy \
+  --output $OUT/wnut_sweep --modes token --thresholds 0.05,0.1,0.2,0.3 --windows 0,1 --entity-margins off,1 \
+  --repetitions 3 --threads 1 --no-progress
+python -m spacy_earlyexit sweep --model context=training/heads/wnut_ctx6_mlp/model-last --dev corpus/wnut/dev.spacy \
+  --output $OUT/wnut_sweep_low --modes token --thresholds 0.005,0.01,0.02 --windows 1,2 --entity-margins off,1 \
+  --repetitions 3 --threads 1 --no-progress
+# stage 2 on the WNUT pipeline, then both side by side
+python -m spacy train configs/ner_selfsample.cfg --output training/heads/wnut_ctx6_mlp_ss --paths.train corpus/wnut/train.spacy \
+  --paths.dev corpus/wnut/dev.spacy --paths.stage1 training/heads/wnut_ctx6_mlp/model-last --system.seed 0 \
+  --initialize.before_init.threads 1
+python -m spacy evaluate training/heads/wnut_ctx6_mlp_ss/model-last corpus/wnut/dev.spacy
+python -m spacy_earlyexit sweep --model stage1=training/heads/wnut_ctx6_mlp/model-last \
+  --model stage2=training/heads/wnut_ctx6_mlp_ss/model-last --dev corpus/wnut/dev.spacy --output $OUT/wnut_stage2_sweep \
+  --modes token --thresholds 0.005,0.01,0.02,0.05 --windows 1,2 --later-factors 1,4 --repetitions 3 --threads 1 --no-progress
