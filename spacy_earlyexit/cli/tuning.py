@@ -89,7 +89,7 @@ def cmd_choose(args: argparse.Namespace) -> None:
             f"{label} {value * 100:.1f} ({(value - off_types.get(label, value)) * 100:+.1f})"
             for label, value in per_type.items()
         ))
-    print(f"saved {args.pipeline} with exit setting {row['setting']} -> {output}")
+    print(f"saved {pipeline} with exit setting {row['setting']} -> {output}")
     if args.record:
         record = Path(args.record)
         record.parent.mkdir(parents=True, exist_ok=True)

@@ -112,7 +112,7 @@ def test_any_lets_every_pipeline_compete():
     assert pick_for_speedup(named, 2.0, model="any")["score"] == 0.887
 
 
-def test_choose_any_saves_the_setting_in_the_winning_pipeline(tiny_bert, tmp_path):
+def test_choose_any_saves_the_setting_in_the_winning_pipeline(tiny_bert, tmp_path, capsys):
     """`choose --model any` without --pipeline: the chosen row's pipeline as
     the sweep recorded it; a --pipeline that is not the winner is refused."""
     import spacy
@@ -134,6 +134,8 @@ def test_choose_any_saves_the_setting_in_the_winning_pipeline(tiny_bert, tmp_pat
     }))
     main(["choose", str(sweep), "--model", "any", "--target-speedup", "2.0",
           "--output", str(tmp_path / "chosen"), "--record", str(tmp_path / "point.json")])
+    printed = capsys.readouterr().out
+    assert "chosen: stage1 token" in printed and f"saved {tmp_path / 'stage1'} with exit setting" in printed
     chosen = spacy.load(tmp_path / "chosen").get_pipe("earlyexit_tagger")
     assert chosen.cfg["task"] == "ner"  # a copy of stage 1, the winner
     assert (chosen.exit_settings.exit_mode, chosen.exit_settings.threshold) == ("token", 0.3)
