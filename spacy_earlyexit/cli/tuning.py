@@ -74,7 +74,7 @@ def cmd_choose(args: argparse.Namespace) -> None:
         fastest = max((r.get(args.speedup_key) or 0.0) for r in candidates)
         raise SystemExit(f"no setting of the sweep qualifies ({rule}); the fastest reaches "
                          f"{fastest:.2f}x. Add larger thresholds to the sweep or relax the target.")
-    pipeline = _pipeline_of(result, row, args.pipeline, args.model)
+    pipeline = _pipeline_of(result, row, args.pipeline, compete=args.model == ANY_MODEL)
     output = write_operating_point(pipeline, row, args.output)
     base = baseline_score(rows, row["model"])
     print(f"rule: {rule}")
@@ -97,17 +97,15 @@ def cmd_choose(args: argparse.Namespace) -> None:
             {"rule": rule, "pipeline": str(pipeline), "baseline_score": base, "row": row}, indent=2) + "\n")
 
 
-def _pipeline_of(result: dict, row: dict, pipeline: Optional[str], model: Optional[str]) -> str:
+def _pipeline_of(result: dict, row: dict, pipeline: Optional[str], *, compete: bool) -> str:
     """The pipeline to save the chosen row's setting in: --pipeline, or the path the sweep
-    recorded for the row's model (needed with --model any: the winner is known only now)."""
-    from ..tuning.operating_point import ANY_MODEL
-
+    recorded for the row's model (needed with --model any, `compete`: the winner is known only now)."""
     recorded = (result.get("models") or {}).get(row["model"])
     if pipeline is None:
         if recorded is None:
             raise SystemExit(f"the sweep records no path for pipeline {row['model']!r}: pass --pipeline")
         return str(recorded)
-    if model == ANY_MODEL and recorded is not None and Path(recorded).resolve() != Path(pipeline).resolve():
+    if compete and recorded is not None and Path(recorded).resolve() != Path(pipeline).resolve():
         raise SystemExit(f"--model any chose {row['model']!r} ({recorded}), not --pipeline {pipeline}: "
                          f"leave out --pipeline to save the setting in the chosen pipeline")
     return pipeline
