@@ -24,7 +24,7 @@ Torch threads: `--threads` (default 1) intra-op threads for the one model
 thread. To use more cores, run more processes (one per core, each with
 --threads 1, behind a load balancer or SO_REUSEPORT) rather than more torch
 threads: on small batches torch's OpenMP threads mostly wait (and spin).
-Preload jemalloc for long-running servers (README, "In production").
+Preload jemalloc for long-running servers (docs/production.md).
 
 `--no-batching` calls nlp.pipe from every request thread directly
 (concurrently): for comparison in examples/load_test.py only.

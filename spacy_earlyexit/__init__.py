@@ -8,7 +8,8 @@ without importing this package.
 
 Layout: `model` (torch only), `layers` (the thinc layer), `pipeline` (the
 spaCy component), `corpus` (annotating files), `tuning` (sweep, choose),
-`workflow` (what project.yml needs), `cli` (`python -m spacy_earlyexit`).
+`visualize` (the exit view), `cli` (`spacy-earlyexit`, also
+`python -m spacy_earlyexit`).
 """
 from .pipeline.extensions import register_extensions
 

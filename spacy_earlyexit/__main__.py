@@ -1,4 +1,4 @@
-"""`python -m spacy_earlyexit <command>`: see spacy_earlyexit.cli."""
+"""`python -m spacy_earlyexit COMMAND`: the same commands as `spacy-earlyexit`."""
 from .cli import main
 
 if __name__ == "__main__":

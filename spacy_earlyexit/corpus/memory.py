@@ -14,8 +14,8 @@ long-running process asks for it with `configure()`:
   mapping, returned to the system when freed (glibc's M_MMAP_THRESHOLD,
   process-wide; it costs speed).
 
-Elsewhere than glibc both are no-ops. jemalloc keeps RSS flatter than either
-(README, "In production"): preload it for long runs
+Elsewhere than glibc both are no-ops. jemalloc keeps RSS flatter than either:
+preload it for long runs
 (`LD_PRELOAD=$(python -m spacy_earlyexit jemalloc-path)`);
 `python -m spacy_earlyexit annotate` does so itself when jemalloc is
 installed (`find_jemalloc`, `preload_jemalloc`), unless told

@@ -55,11 +55,9 @@ from spacy.tokens import Doc
 from .formats import PathLike, doc_json_line, file_format, open_writer
 
 STATE_VERSION = 1
-#: least seconds between two checkpoints (taken at the end of a batch). A
-#: checkpoint (two fsyncs, a rename) took 15-25 ms here (6.5 without fsync):
-#: after every batch of 16 docs of a tiny model that was 26-31% of the wall
-#: time, once per batch of 1,024 docs 0.4%; every 5 s it is under 0.5% for
-#: any batch size, and a kill loses at most 5 s and one batch of work
+#: least seconds between two checkpoints (taken at the end of a batch): a
+#: checkpoint costs two fsyncs and a rename, too much to take after every
+#: small batch; a kill loses at most this long and one batch of work
 CHECKPOINT_SECONDS = 5.0
 HASH_CHUNK_BYTES = 1 << 20
 

@@ -58,8 +58,8 @@ def EarlyExitTransformerModel(
     offramp_heads: Optional[OffRampHeads] = None,
 ) -> Model[List[Doc], TokenOutputs]:
     """A thinc Model around an EarlyExitEncoder (weights loaded in init).
-    precision: "float32", or "int8" (inference only; loaded from a pipeline
-    that `quantize` wrote). piece_split: which word pieces are cut at spaCy
+    precision: what the config asks for: "float32", "bfloat16", "int8" or
+    "auto" (model/precision.py; only float32 trains). piece_split: which word pieces are cut at spaCy
     token boundaries ("none", "tokens", "han"; see layers/piece_split.py).
     case_features: give the encoder each token's case class (word_case.py)
     through a learned embedding (for uncased vocabularies). keep_layers: use
@@ -113,11 +113,12 @@ def init(model: Model, X: Optional[List[Doc]] = None, Y=None) -> Model:
     shim = cast(EarlyExitShim, model.shims[0])
     if shim._model is not None:
         return model
-    if shim.precision != "float32":
+    if shim.precision not in ("float32", "auto"):
         raise ValueError(
             f"the earlyexit_tagger's precision is {shim.precision!r}: a {shim.precision} pipeline "
-            "cannot be initialized or trained. Train with precision \"float32\", then "
-            "quantize: python -m spacy_earlyexit quantize PIPELINE OUTPUT"
+            "cannot be initialized or trained. Train with precision \"float32\" (or \"auto\", "
+            "which trains in float32); a saved float32 pipeline loads in bfloat16 with precision "
+            "\"bfloat16\" or \"auto\", and `python -m spacy_earlyexit quantize` makes an int8 copy"
         )
     n_classes = model.get_dim("nO") if model.has_dim("nO") else None
     if not n_classes:
@@ -135,6 +136,7 @@ def init(model: Model, X: Optional[List[Doc]] = None, Y=None) -> Model:
     encoder.to(get_torch_default_device())
     shim._model = encoder
     shim.tokenizer = tokenizer
+    shim.runtime_precision = "float32"  # training runs in float32
     return model
 
 
@@ -211,7 +213,7 @@ def predict_docs(
                 word_label[chunk_words] = out.labels.cpu().numpy()
                 if word_layer_labels is not None and out.layer_logits is not None:
                     word_layer_labels[:, chunk_words] = out.layer_logits.argmax(dim=-1).cpu().numpy()
-    shape = dataclasses.replace(encoder.shape, precision=shim.precision)
+    shape = dataclasses.replace(encoder.shape, precision=shim.runtime_precision or "float32")
     outputs, token_word = to_tokens(len(docs), doc_pieces, word_label, word_exit, shape)
     if word_layer_labels is not None:
         outputs.layer_labels = [borrowed(word_layer_labels, words, -1) for words in token_word]
@@ -232,11 +234,11 @@ def train_docs(
     entity_classes: as in predict_docs (self_sampling.entity_exit needs it).
     """
     shim = cast(EarlyExitShim, model.shims[0])
-    if shim.precision != "float32":
+    if shim.runtime_precision not in (None, "float32"):
         raise ValueError(
-            f"this earlyexit_tagger runs in {shim.precision}: training it is not supported. "
-            "Train (or fine-tune) the float32 pipeline, then quantize it again with "
-            "python -m spacy_earlyexit quantize"
+            f"this earlyexit_tagger runs in {shim.runtime_precision}: training it is not supported. "
+            "Train (or fine-tune) it in float32 (precision \"float32\" in the model config); "
+            "int8 copies come from `python -m spacy_earlyexit quantize`"
         )
     encoder = shim.encoder
     encoder.train()

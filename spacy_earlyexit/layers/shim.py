@@ -6,6 +6,7 @@ remote code.
 """
 import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -18,7 +19,10 @@ from thinc.util import torch2xp, xp2torch
 
 from ..model import EarlyExitEncoder
 from ..model.offramp import OffRampHeads
-from ..model.quantization import PRECISIONS, precision_of, quantize_layers
+from ..model.precision import (
+    check_precision, resolve_precision, set_transformer_dtype, slow_on_this_cpu, transformer_precision,
+)
+from ..model.quantization import precision_of, quantize_layers
 from .loading import without_pooler
 
 ENCODER_PREFIX = "transformer."
@@ -30,6 +34,19 @@ POOLER_PREFIX = "transformer.pooler."
 #: off-ramps' rate, and is frozen with the encoder
 CASE_PREFIX = "case_embedding."
 MODEL_DATA_FORMAT = 1
+
+
+def saved_precision(encoder: EarlyExitEncoder) -> str:
+    """The precision of the encoder's weights as they are saved: "int8"
+    (quantized layers), "bfloat16" or "float32"."""
+    if precision_of(encoder.layers) == "int8":
+        return "int8"
+    return transformer_precision(encoder.transformer)
+
+
+def encoder_device(encoder: EarlyExitEncoder) -> str:
+    """The device type ("cpu", "cuda", ...) the encoder's weights are on."""
+    return next(encoder.parameters()).device.type
 
 
 class ModelDataError(ValueError):
@@ -58,10 +75,14 @@ class EarlyExitShim(PyTorchShim):
         freeze_embeddings: bool = False,
         layer_lr_decay: float = 1.0,
     ) -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+        check_precision(precision)
         super().__init__(model)
+        #: the precision the config asks for (model.precision): "float32",
+        #: "bfloat16", "int8" or "auto"
         self.precision = precision
+        #: the precision the loaded encoder runs in (model/precision.py);
+        #: None before there is an encoder
+        self.runtime_precision: Optional[str] = None
         self.tokenizer = tokenizer
         self.encoder_learn_rate_scale = encoder_learn_rate_scale
         self.freeze_encoder = freeze_encoder
@@ -143,7 +164,7 @@ class EarlyExitShim(PyTorchShim):
             "offramp_dropout": encoder.offramp_dropout,
             "case_classes": encoder.case_classes,
             "offramp_heads": encoder.offramp_heads.to_dict(),
-            "precision": precision_of(encoder.layers),
+            "precision": saved_precision(encoder),
             "tokenizer": tokenizer_files,
             "weights": save_safetensors(state),
         }
@@ -186,19 +207,15 @@ class EarlyExitShim(PyTorchShim):
             raise ModelDataError(
                 f"the saved transformer config (model_type {model_type!r}) cannot be built: {error}"
             ) from error
-        saved_precision = msg.get("precision", "float32")
-        if saved_precision != self.precision:
-            hint = (
-                "make int8 pipelines with `python -m spacy_earlyexit quantize`, which also sets the config"
-                if self.precision == "int8" else
-                "set precision = \"int8\" in the component's model config (architecture "
-                "spacy_earlyexit.EarlyExitTransformer.v2), as `quantize` writes it"
+        saved = msg.get("precision", "float32")
+        try:
+            runtime = resolve_precision(
+                self.precision, saved, device_type=get_torch_default_device().type,
+                cuda_bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
             )
-            raise ModelDataError(
-                f"the component's config sets precision {self.precision!r}, but the saved "
-                f"weights are {saved_precision!r}: {hint}"
-            )
-        if saved_precision == "int8":
+        except ValueError as error:
+            raise ModelDataError(str(error)) from error
+        if saved == "int8":
             try:
                 quantize_layers(encoder.layers, copy_weights=False)
             except (ValueError, RuntimeError) as error:
@@ -209,6 +226,8 @@ class EarlyExitShim(PyTorchShim):
             raise ModelDataError(
                 f"the earlyexit_tagger weights are corrupt or truncated ({error})"
             ) from error
+        if saved == "bfloat16":  # weights saved from a bfloat16 run: exact in float32
+            state = {name: value.float() if value.dtype == torch.bfloat16 else value for name, value in state.items()}
         expected = encoder.state_dict()
         if not any(name.startswith(POOLER_PREFIX) for name in expected):
             # saved by a version that kept the (unused) pooler
@@ -224,6 +243,8 @@ class EarlyExitShim(PyTorchShim):
                 f"{encoder.n_classes} classes): {shown}"
             )
         encoder.load_state_dict(state, strict=True)
+        if runtime == "bfloat16":
+            set_transformer_dtype(encoder.transformer, torch.bfloat16)
         with tempfile.TemporaryDirectory() as folder:
             for name, data in msg["tokenizer"].items():
                 (Path(folder) / Path(name).name).write_bytes(data)
@@ -237,6 +258,14 @@ class EarlyExitShim(PyTorchShim):
         encoder.eval()
         encoder.to(get_torch_default_device())
         self._model = encoder
+        self.runtime_precision = runtime
+        if self.precision == "bfloat16" and encoder_device(encoder) == "cpu" and slow_on_this_cpu("bfloat16"):
+            warnings.warn(
+                "the earlyexit_tagger runs in bfloat16, which is slower than float32 on this CPU (it "
+                "has no AMX units): set precision = \"auto\" or \"float32\" in the model config",
+                UserWarning,
+                stacklevel=2,
+            )
         return self
 
 

@@ -58,9 +58,10 @@ class _BatchRun:
         # words that never exit early leave after the last layer run
         self.exit_layer = torch.full((n_words,), self.last_layer, dtype=torch.long, device=device)
         self.labels = torch.zeros(n_words, dtype=torch.long, device=device)
-        self.exit_logits = self.hidden.new_zeros(n_words, encoder.n_classes)
+        # logits and uncertainties are float32 whatever the encoder's precision
+        self.exit_logits = self.hidden.new_zeros(n_words, encoder.n_classes, dtype=torch.float32)
         n_slots = int(batch.word_slot.max()) + 1 if n_words else 0
-        self.uncertainty = self.hidden.new_zeros(batch.n_spans, n_slots)
+        self.uncertainty = self.hidden.new_zeros(batch.n_spans, n_slots, dtype=torch.float32)
         self.word_grid = torch.zeros(batch.n_spans, n_slots, dtype=torch.bool, device=device)
         self.word_grid[batch.word_span, batch.word_slot] = True
         if forced_exit_layer is not None:
@@ -72,7 +73,8 @@ class _BatchRun:
         # [S, slots] bool: each word's latest prediction is inside an entity
         self.entity = torch.zeros_like(self.word_grid) if rule.needs_entity else None
         self.layer_logits = (
-            self.hidden.new_zeros(n_layers, n_words, encoder.n_classes) if return_layer_logits else None
+            self.hidden.new_zeros(n_layers, n_words, encoder.n_classes, dtype=torch.float32)
+            if return_layer_logits else None
         )
         self.layer_active = (
             torch.zeros(n_layers, n_words, dtype=torch.bool, device=device) if return_layer_logits else None
@@ -141,21 +143,23 @@ class _BatchRun:
         hidden: [R, T', d] this layer's states of the running rows. A word's
         state is its first piece's; a context off-ramp also reads the states
         of its window's words (exited ones: the state they exited with, as
-        their pieces keep it), zeros where the window leaves the span."""
+        their pieces keep it), zeros where the window leaves the span. The
+        off-ramps read float32 states whatever the encoder's precision, so
+        the exit rule's uncertainties are float32's."""
         encoder, batch = self.encoder, self.batch
         ramp = encoder.offramps[layer_index]
         length, d = hidden.shape[1], encoder.hidden_size
         flat = hidden.reshape(-1, d)
         if not isinstance(ramp, ContextOffRamp):
             piece = self.row_of_span[batch.word_span[words]] * length + batch.word_piece[words]
-            return ramp(encoder.exit_states(flat.index_select(0, piece)))
+            return ramp(encoder.exit_states(flat.index_select(0, piece)).float())
         assert self.window_words is not None  # every context off-ramp has the heads' window
         window = self.window_words[words]
         present = window >= 0
         # a missing neighbour reads the word itself (then zeroed): word 0's span may be gone
         known = torch.where(present, window, words[:, None].expand_as(window))
         piece = self.row_of_span[batch.word_span[known]] * length + batch.word_piece[known]
-        states = encoder.exit_states(flat.index_select(0, piece.reshape(-1))).reshape(*window.shape, d)
+        states = encoder.exit_states(flat.index_select(0, piece.reshape(-1))).float().reshape(*window.shape, d)
         return ramp(states * present[..., None].to(states.dtype))
 
     def _exits(self, layer_index: int, logits: torch.Tensor, active_words: torch.Tensor) -> torch.Tensor:

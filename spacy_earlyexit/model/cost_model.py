@@ -53,7 +53,8 @@ class EncoderShape:
     gated_feed_forward: bool = False
     relative_positions: int = 0
     packed: bool = True
-    #: "float32" or "int8" (the linear layers' precision)
+    #: "float32", "bfloat16" or "int8" (the linear layers' precision; int8
+    #: multiply-adds are counted apart)
     precision: str = "float32"
     offramp_macs: Tuple[int, ...] = ()
 

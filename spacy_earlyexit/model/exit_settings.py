@@ -129,6 +129,16 @@ class ExitSettings:
             data["threshold_multipliers"] = list(data["threshold_multipliers"])
         return data
 
+    def describe(self) -> str:
+        """The mode and the settings that differ from the defaults, e.g.
+        "exit_mode=token threshold=0.2 window=1"."""
+        default = type(self)()
+        changed = [
+            f"{f.name}={getattr(self, f.name)}" for f in fields(self)
+            if f.name != "exit_mode" and getattr(self, f.name) != getattr(default, f.name)
+        ]
+        return " ".join([f"exit_mode={self.exit_mode}", *changed])
+
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "ExitSettings":
         return cls().updated(**data)

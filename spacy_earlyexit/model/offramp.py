@@ -5,8 +5,8 @@ The plain off-ramp (OffRamp) is dropout + linear on the word's own state
 the states of the c words either side of it too (in the same span; zeros
 where there is none) and may put a hidden layer before the output: the
 lowest layers have seen little context, and a wider head lifts their
-accuracy, which is where early exit gains most
-(benchmarks/results/offramp_heads/). OffRampHeads says which layers get which.
+accuracy, which is where early exit gains most. OffRampHeads says which
+layers get which.
 """
 from dataclasses import dataclass
 from typing import List, Tuple, Union

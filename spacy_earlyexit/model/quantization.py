@@ -22,9 +22,6 @@ from typing import Iterator, Tuple
 import torch
 from torch import nn
 
-#: the precisions an encoder can run in
-PRECISIONS = ("float32", "int8")
-
 #: the linear layers of a BERT-structured layer that run in int8
 INT8_LINEAR_PATHS: Tuple[Tuple[str, ...], ...] = (
     ("attention", "self", "query"),

@@ -7,13 +7,12 @@ spaCy calls as callback(nlp, {"step": ..., "epoch": ...}) before every update.
 They are idempotent: setting the same values at every step costs nothing.
 """
 from dataclasses import asdict
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict
 
 from spacy.language import Language
 from spacy.util import registry
 
 from ..model.self_sampling import SelfSampling
-from .architectures import make_self_sampling_v2
 from .loss import layer_loss_weights
 
 BeforeUpdate = Callable[[Language, Dict[str, Any]], None]
@@ -27,13 +26,13 @@ def _tagger(nlp: Language, component: str):
     return nlp.get_pipe(component)
 
 
-@registry.callbacks("spacy_earlyexit.enable_self_sampling.v2")
-def make_enable_self_sampling_v2(
+@registry.callbacks("spacy_earlyexit.enable_self_sampling.v1")
+def make_enable_self_sampling(
     self_sampling: SelfSampling, component: str = "earlyexit_tagger"
 ) -> BeforeUpdate:
     """A before_update callback that turns on self-sampling fine-tuning.
 
-    self_sampling: the settings, a `spacy_earlyexit.SelfSampling.v2` block.
+    self_sampling: the settings, a `spacy_earlyexit.SelfSampling.v1` block.
     component: the earlyexit_tagger's name in the pipeline.
     """
     settings = asdict(self_sampling)
@@ -44,27 +43,6 @@ def make_enable_self_sampling_v2(
         _tagger(nlp, component).cfg["self_sampling"] = dict(settings)
 
     return enable_self_sampling
-
-
-@registry.callbacks("spacy_earlyexit.enable_self_sampling.v1")
-def make_enable_self_sampling(
-    component: str = "earlyexit_tagger",
-    window_range: List[int] = [0, 2],
-    threshold_range: List[float] = [0.0, 0.5],
-    full_depth_share: float = 0.1,
-    aggressive_share: float = 0.1,
-    window_includes_exited: bool = False,
-    uncertainty_source: str = "current",
-    flooding: float = 0.0,
-) -> BeforeUpdate:
-    """v1: the settings as arguments of the callback (v2 takes a
-    SelfSampling block instead; see model.self_sampling.SelfSampling)."""
-    sampling = make_self_sampling_v2(
-        window_range=window_range, threshold_range=threshold_range, full_depth_share=full_depth_share,
-        aggressive_share=aggressive_share, window_includes_exited=window_includes_exited,
-        uncertainty_source=uncertainty_source, flooding=flooding,
-    )
-    return make_enable_self_sampling_v2(sampling, component)
 
 
 @registry.callbacks("spacy_earlyexit.train_offramps_only.v1")

@@ -7,8 +7,14 @@ trains with a weighted sum of per-layer cross-entropies (loss.py), and owns
 the exit settings (the run-time speed/accuracy dial). A call's settings
 travel as arguments down to the layer loop: concurrent calls with different
 settings do not see each other's.
+
+The exit setting has one home: the component's block of the pipeline config
+(`nlp.config`, saved as config.cfg). `configure_exit` writes it there, and
+loading a pipeline takes it from there, so config overrides at `spacy.load`
+and edits of config.cfg take effect.
 """
 import warnings
+import weakref
 from dataclasses import asdict
 from itertools import islice
 from pathlib import Path
@@ -40,6 +46,33 @@ from .scorers import score_early_exit
 from .layer_scores import score_off_ramps
 from .tasks import get_task
 
+class PipelineRef:
+    """A weak reference to the pipeline whose config records a component's
+    exit setting. A pickled copy (spawned n_process workers, deep copies)
+    refers to no pipeline."""
+
+    def __init__(self, nlp: Optional[Language]) -> None:
+        self._ref = weakref.ref(nlp) if nlp is not None else None
+
+    def __call__(self) -> Optional[Language]:
+        return self._ref() if self._ref is not None else None
+
+    def __getstate__(self) -> Dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self._ref = None
+
+
+def check_settings_for_task(settings: ExitSettings, task: Any, name: str) -> None:
+    """Refuse exit settings that the task cannot use (entity_exit needs entities)."""
+    if settings.entity_exit and not task.has_entities:
+        raise ValueError(
+            f"{name}: entity_exit is for tasks with entities (task 'ner'); this component's "
+            f"task is {task.name!r}: set entity_exit to false"
+        )
+
+
 class EarlyExitTagger(TrainablePipe):
     """A multi-exit transformer tagger (see the module docstring)."""
 
@@ -49,6 +82,7 @@ class EarlyExitTagger(TrainablePipe):
         model: Model,
         name: str = "earlyexit_tagger",
         *,
+        nlp: Optional[Language] = None,
         task: str = "ner",
         overwrite: bool = False,
         exit_settings: Optional[ExitSettings] = None,
@@ -59,6 +93,8 @@ class EarlyExitTagger(TrainablePipe):
         score_layers: bool = True,
         scorer: Optional[Callable] = score_early_exit,
     ) -> None:
+        """nlp: the pipeline whose config records the exit setting (the
+        factory passes it; None: a component outside any pipeline)."""
         register_extensions()
         get_task(task)
         layer_loss_weights(loss_weights, 1)
@@ -67,11 +103,16 @@ class EarlyExitTagger(TrainablePipe):
         self.model = model
         self.name = name
         self.scorer = scorer
+        self._nlp_ref = PipelineRef(nlp)
+        settings = exit_settings or ExitSettings()
+        check_settings_for_task(settings, get_task(task), name)
+        self._exit_settings = settings
+        # what is saved as cfg.json: labels and training settings; the exit
+        # setting lives in the pipeline config
         self.cfg: Dict[str, Any] = {
             "labels": [],
             "task": task,
             "overwrite": overwrite,
-            "exit": (exit_settings or ExitSettings()).to_dict(),
             "loss_weights": loss_weights,
             "distillation": float(distillation),
             "distillation_temperature": float(distillation_temperature),
@@ -98,6 +139,12 @@ class EarlyExitTagger(TrainablePipe):
         return self.task.classes(self.cfg["labels"])
 
     @property
+    def precision(self) -> Optional[str]:
+        """The precision the encoder runs in ("float32", "bfloat16" or "int8";
+        the config's model.precision may say "auto"); None before there is a model."""
+        return self.model.shims[0].runtime_precision
+
+    @property
     def n_layers(self) -> int:
         """The encoder's number of layers (= off-ramps)."""
         return self.model.shims[0].encoder.n_layers
@@ -119,18 +166,48 @@ class EarlyExitTagger(TrainablePipe):
     # --- exit settings: the run-time dial -----------------------------------
     @property
     def exit_settings(self) -> ExitSettings:
-        return ExitSettings.from_dict(self.cfg["exit"])
+        """The exit setting that calls use unless they override it."""
+        return self._exit_settings
 
     def configure_exit(self, **changes: Any) -> ExitSettings:
-        """Change exit settings (validated); they are saved with the pipeline.
+        """Change exit settings (validated against the task and, once the
+        model exists, its depth); the pipeline's config records them, so
+        `nlp.config` shows them and `nlp.to_disk` saves them in config.cfg.
 
         E.g. configure_exit(exit_mode="token", threshold=0.2, window=1).
         """
         settings = self.exit_settings.updated(**changes)
-        if self._is_initialized():
-            exit_rule(settings, self.n_layers)  # e.g. one threshold multiplier per layer
-        self.cfg["exit"] = settings.to_dict()
+        self._check_settings(settings)
+        self._exit_settings = settings
+        self._record_in_config(settings)
         return settings
+
+    def _check_settings(self, settings: ExitSettings) -> None:
+        """Refuse a setting that cannot work for this task or depth."""
+        check_settings_for_task(settings, self.task, self.name)
+        if self._is_initialized():
+            try:
+                exit_rule(settings, self.n_layers)  # e.g. one threshold multiplier per layer
+            except ValueError as error:
+                raise ValueError(f"{self.name}: {error}") from error
+
+    def _record_in_config(self, settings: ExitSettings) -> None:
+        """Write `settings` into this component's block of its pipeline's config."""
+        nlp = self._nlp_ref()
+        if nlp is None:
+            return  # a component made outside a pipeline has no config to write
+        names = [name for name, component in nlp.components if component is self]
+        if not names:
+            warnings.warn(
+                f"{self.name}: the pipeline this component was created in no longer holds it, "
+                "so no nlp.config records the new exit setting: call configure_exit on the "
+                "component after adding it to its pipeline, then save that pipeline",
+                UserWarning,
+                stacklevel=3,
+            )
+            return
+        for name in names:
+            nlp.get_pipe_config(name).update(settings.to_dict())
 
     def _settings_for_call(self, overrides: Dict[str, Any]) -> ExitSettings:
         unknown = sorted(set(overrides) - set(EXIT_SETTING_NAMES))
@@ -227,6 +304,8 @@ class EarlyExitTagger(TrainablePipe):
         self.model.set_dim("nO", len(self.classes))
         docs = [eg.predicted for eg in islice(get_examples(), 10)]
         self.model.initialize(X=docs)
+        if nlp is not None:
+            self._nlp_ref = PipelineRef(nlp)
         self.configure_exit()
 
     def update(

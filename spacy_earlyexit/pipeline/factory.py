@@ -9,6 +9,8 @@ from ..model.self_sampling import SelfSampling
 from . import schedules  # noqa: F401 (registers the corpus-sized schedule)
 from .component import EarlyExitTagger
 
+#: the architecture and settings of the project's NER training recipe;
+#: a partial "model" block in add_pipe's config is merged into it
 DEFAULT_MODEL_CONFIG = """
 [model]
 @architectures = "spacy_earlyexit.EarlyExitTransformer.v1"
@@ -16,7 +18,16 @@ name = "bert-base-cased"
 offramp_dropout = 0.1
 encoder_learn_rate_scale = 0.1
 freeze_encoder = false
+freeze_embeddings = false
+layer_lr_decay = 1.0
 span_batch_size = 64
+precision = "float32"
+piece_split = "none"
+case_features = true
+keep_layers = null
+offramp_context_layers = "all"
+offramp_context = 1
+offramp_hidden = 384
 
 [model.get_spans]
 @span_getters = "spacy-transformers.strided_spans.v1"
@@ -114,6 +125,7 @@ def make_earlyexit_tagger(
         nlp.vocab,
         model,
         name,
+        nlp=nlp,
         task=task,
         overwrite=overwrite,
         exit_settings=settings,

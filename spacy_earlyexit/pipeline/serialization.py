@@ -3,12 +3,14 @@ standard library) and its model (safetensors weights, transformer config,
 tokenizer), with checks that the saved data fits the pipeline loading it.
 Every error names the file or data, and what is wrong with it."""
 import json
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterable, Sequence
 
 from spacy import util
 
 from ..layers.shim import ModelDataError
+from ..model import ExitSettings
 
 if TYPE_CHECKING:
     from .component import EarlyExitTagger
@@ -61,9 +63,37 @@ def load_from_bytes(tagger: "EarlyExitTagger", bytes_data: bytes, exclude: Itera
 
 
 def load_cfg_dict(tagger: "EarlyExitTagger", cfg: Dict[str, Any], source: Any) -> None:
-    """Take saved settings, after checking that they are for the configured task."""
+    """Take saved settings, after checking that they are for the configured task.
+
+    The exit setting comes from the pipeline config. Pipelines saved by
+    versions before 0.1.0 kept the one they ran with in cfg (key "exit"),
+    while their config.cfg showed the factory's defaults: such a saved
+    setting is taken, as those versions did, with a warning where it differs
+    from the config."""
     check_saved_task(tagger.name, tagger.cfg["task"], cfg, source)
+    cfg = dict(cfg)
+    saved_exit = cfg.pop("exit", None)
     tagger.cfg.update(cfg)
+    if saved_exit is not None:
+        take_saved_exit_setting(tagger, saved_exit, source)
+
+
+def take_saved_exit_setting(tagger: "EarlyExitTagger", saved: Dict[str, Any], source: Any) -> None:
+    """Apply an exit setting saved in cfg by an earlier version."""
+    try:
+        settings = ExitSettings.from_dict(saved)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{tagger.name}: the exit setting saved in {source} is not valid ({error})") from error
+    if settings != tagger.exit_settings:
+        warnings.warn(
+            f"{tagger.name}: {source} was saved by an earlier spacy-earlyexit, which kept the exit "
+            f"setting there instead of in config.cfg; it is used ({settings.describe()}) and the "
+            "config's exit settings are ignored. Save the pipeline again (nlp.to_disk) to make "
+            "config.cfg hold it.",
+            UserWarning,
+            stacklevel=2,
+        )
+    tagger.configure_exit(**settings.to_dict())
 
 
 def load_model_bytes(tagger: "EarlyExitTagger", data: bytes, source: str) -> None:
@@ -80,9 +110,11 @@ def load_model_bytes(tagger: "EarlyExitTagger", data: bytes, source: str) -> Non
 
 
 def check_loaded_classes(tagger: "EarlyExitTagger", source: str) -> None:
-    """The saved labels (cfg) must give the saved model's number of outputs."""
+    """The saved labels (cfg) must give the saved model's number of outputs,
+    and the configured exit setting must fit the loaded model's depth."""
     if tagger._is_initialized():
         check_classes(tagger.name, tagger.task.name, tagger.classes, tagger.model.shims[0].encoder.n_classes, source)
+        tagger._check_settings(tagger.exit_settings)
 
 
 def check_saved_task(name: str, configured_task: str, cfg: Dict[str, Any], source: Any) -> None:

@@ -78,6 +78,11 @@ class Task:
         exit rule, ExitSettings.entity_exit); None: the task has no entities."""
         return None
 
+    @property
+    def has_entities(self) -> bool:
+        """Whether the task's classes mark entities (the entity exit rule needs them)."""
+        return self.entity_classes([]) is not None
+
     def join_borrowed(self, classes: List[Optional[str]], lender: Sequence[int]) -> List[Optional[str]]:
         """Adjust the classes of tokens that copied a neighbour's class (see
         borrow_classes). lender: per token, the token it copied, or -1."""

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import spacy
+from spacy.language import Language
 
 from .grid import is_baseline
 
@@ -102,11 +103,19 @@ def write_operating_point(
     row: Row,
     output: Optional[Union[str, Path]] = None,
 ) -> Path:
-    """Load `pipeline`, set the row's exit setting as its saved default
-    (earlyexit_tagger.configure_exit) and save it to `output` (default: in
-    place). Returns the output folder."""
-    nlp = spacy.load(pipeline)
-    nlp.get_pipe(COMPONENT).configure_exit(**exit_changes(row))
+    """Load `pipeline`, set the row's exit setting as its saved default and
+    save it to `output` (default: in place); see save_operating_point.
+    Returns the output folder."""
     target = Path(output) if output is not None else Path(pipeline)
+    return save_operating_point(spacy.load(pipeline), row, target)
+
+
+def save_operating_point(nlp: Language, row: Row, output: Union[str, Path]) -> Path:
+    """Set the row's exit setting as the earlyexit_tagger's saved default
+    (configure_exit, which validates it for the pipeline and keeps it in the
+    pipeline's config) and save the pipeline to `output` (nlp.to_disk).
+    Returns the output folder."""
+    nlp.get_pipe(COMPONENT).configure_exit(**exit_changes(row))
+    target = Path(output)
     nlp.to_disk(target)
     return target

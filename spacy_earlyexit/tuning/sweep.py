@@ -8,7 +8,8 @@ same pipeline with exit mode "off". All settings run in one process,
 interleaved on slices of docs, and the timings are medians over the
 repetitions (timing.py). Other pipelines (e.g. plain spacy-transformers, a
 CNN pipeline) can be timed alongside as references. Results are written as
-JSON, a markdown table and a PNG plot of score against speed-up.
+JSON, a markdown table and (with matplotlib, the "plot" extra) a PNG plot of
+score against speed-up.
 """
 import json
 from pathlib import Path
@@ -21,6 +22,7 @@ from spacy.tokens import Doc, DocBin
 from spacy.training import Example
 from tqdm import tqdm
 
+from .check import check_grid
 from .grid import (  # noqa: F401 (re-exported)
     build_grid, dial_series, entity_label, is_baseline, parse_later_factors, parse_max_layers, schedule_label,
     setting_name,
@@ -80,6 +82,7 @@ def run_sweep(
         loaded[model_name] = nlp
     if not loaded:
         raise ValueError("no pipelines to sweep")
+    check_grid(loaded, grid)  # every setting on every pipeline, before any timing
     first = next(iter(gold.values()))
     n_words = sum(len(doc) for doc in first)
     if not n_words:
@@ -263,21 +266,34 @@ def _ratio(row: Mapping[str, Any]) -> Optional[float]:
     return wall / flops if wall and flops else None
 
 
-def write_results(result: Mapping[str, Any], output_stem: Union[str, Path]) -> Dict[str, Path]:
-    """Write <stem>.json, <stem>.md and <stem>.png; returns the paths."""
+def write_results(result: Mapping[str, Any], output_stem: Union[str, Path], *, plot: bool = True) -> Dict[str, Path]:
+    """Write <stem>.json, <stem>.md and, when matplotlib is installed (the
+    "plot" extra) and `plot`, <stem>.png; returns the paths written (no "png"
+    key without the plot)."""
     stem = Path(output_stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = {"json": stem.with_suffix(".json"), "md": stem.with_suffix(".md"), "png": stem.with_suffix(".png")}
+    paths = {"json": stem.with_suffix(".json"), "md": stem.with_suffix(".md")}
     paths["json"].write_text(json.dumps(result, indent=2) + "\n", encoding="utf8")
     types = per_type_table(result)
     text = markdown_table(result) + ("\n\nEntity F per type (Δ vs off):\n\n" + types if types else "")
     paths["md"].write_text(text + "\n", encoding="utf8")
-    from ..visualize.sweep_plot import plot_sweep  # matplotlib: the "plot" extra
+    if not plot or not plot_available():
+        return paths
+    from ..visualize.sweep_plot import plot_sweep
 
     references = [row for row in result["rows"] if row["setting"] is None]
     reference = None
     if references:  # the first reference pipeline, placed by its paired wall-clock ratio
         first = references[0]
         reference = {"name": first["name"], "score": first.get("score"), "wall_speedup": first.get("wall_speedup")}
-    plot_sweep(result, paths["png"], reference=reference)
+    paths["png"] = plot_sweep(result, stem.with_suffix(".png"), reference=reference)
     return paths
+
+
+def plot_available() -> bool:
+    """Whether matplotlib (the "plot" extra) can be imported."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True

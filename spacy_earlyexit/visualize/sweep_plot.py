@@ -26,6 +26,19 @@ LINE_STYLES = ("-", "--", ":", "-.")
 CHOSEN_COLOUR = "#d62728"
 
 
+PLOT_INSTALL = 'pip install "spacy-earlyexit[plot]"'
+
+
+def require_matplotlib():
+    """The matplotlib module; ImportError saying how to install it (the
+    "plot" extra) when it is missing."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError(f"the sweep plot needs matplotlib: {PLOT_INSTALL}") from None
+    return matplotlib
+
+
 def speed_key_of(rows: Sequence[Row]) -> str:
     """"wall_speedup" when every scored row has it, else "flops_speedup"."""
     scored = [row for row in rows if row.get("score") is not None]
@@ -173,8 +186,7 @@ def plot_sweep(
     chosen: the operating point, a row or a setting name (see chosen_rows).
     Returns the path written.
     """
-    import matplotlib
-
+    matplotlib = require_matplotlib()
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from spacy_earlyexit.backbones import e5_convert
-from spacy_earlyexit.backbones.e5_convert import E5ChecksumError, convert_e5_file, fetch_multilingual_e5
-from spacy_earlyexit.backbones.e5_format import E5FormatError, read_e5_file
+from pretrained import e5_convert
+from pretrained.e5_convert import E5ChecksumError, convert_e5_file, fetch_multilingual_e5
+from pretrained.e5_format import E5FormatError, read_e5_file
 
 from helpers.e5_files import F32, TINY_NORMALIZATION, TINY_PIECES, TinyModel, tensor_payloads, write_e5_file
 

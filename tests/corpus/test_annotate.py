@@ -166,8 +166,7 @@ def test_cli_local(pipeline, tmp_path, capsys):
 
 def test_cli_max_layer(pipeline, tmp_path):
     """--max-layer caps the depth for the run; 'all' lifts a cap."""
-    from spacy_earlyexit.cli.annotate import _overrides
-    from spacy_earlyexit.cli import build_parser
+    from spacy_earlyexit.cli.annotate import exit_overrides
 
     nlp, folder = pipeline
     source = write_jsonl(tmp_path / "in.jsonl", TEXTS)
@@ -176,11 +175,9 @@ def test_cli_max_layer(pipeline, tmp_path):
     rows = without_meta(from_jsonl(tmp_path / "out.jsonl"))
     assert exit_layers(rows) == {2}
     assert rows == expected(nlp, TEXTS, {"exit_mode": "off", "max_layer": 2})
-    parser = build_parser()
-    args = parser.parse_args(["annotate", "p", "in.jsonl", "out.jsonl", "--max-layer", "all"])
-    assert _overrides(args) == {"max_layer": None}
-    with pytest.raises(SystemExit):
-        parser.parse_args(["annotate", "p", "in.jsonl", "out.jsonl", "--max-layer", "0"])
+    assert exit_overrides(None, None, None, "all") == {"max_layer": None}
+    with pytest.raises(SystemExit, match="error: --max-layer must be an integer >= 1 or 'all'; got '0'"):
+        main(["annotate", str(folder), str(source), str(tmp_path / "out0.jsonl"), "--max-layer", "0"])
 
 
 def test_docbin_in_and_out_keeps_exit_layers(pipeline, tmp_path):

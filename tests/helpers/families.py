@@ -232,7 +232,7 @@ def write_modernbert(path: Path, seed: int) -> None:
     tokenizer.save_pretrained(path)
 
 
-#: family -> folder writer; what README lists as supported
+#: family -> folder writer; what docs/backbones.md lists as supported
 WRITERS: Dict[str, Callable[[Path, int], None]] = {
     "bert": write_bert,
     "minilm": write_minilm,

@@ -61,8 +61,8 @@ def write_sentencepiece_bert(path: Path, n_layers: int = 3, hidden: int = 32, se
     runs of spaces to one) into `path`."""
     from transformers import BertConfig, BertModel
 
-    from spacy_earlyexit.backbones.e5_format import UnigramVocab
-    from spacy_earlyexit.backbones.e5_tokenizer import build_e5_tokenizer
+    from pretrained.e5_format import UnigramVocab  # scripts/pretrained (pytest's pythonpath)
+    from pretrained.e5_tokenizer import build_e5_tokenizer
 
     torch.manual_seed(seed)
     path.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""EarlyExitTransformer.v2's training knobs: a frozen word-embedding matrix
+"""EarlyExitTransformer.v1's training knobs: a frozen word-embedding matrix
 gets no gradient and does not move; layer-wise rates scale each layer's
 step (checked on the size of Adam's first step, which is the learning rate
 times sign(gradient) for every element with a gradient)."""
@@ -9,7 +9,7 @@ import torch
 from spacy.training import Example
 from spacy.util import fix_random_seed
 
-from helpers.tiny_bert import POS_DATA
+from helpers.tiny_bert import PLAIN_OFFRAMPS, POS_DATA
 
 N_LAYERS = 3
 SPANS = {"@span_getters": "spacy-transformers.strided_spans.v1", "window": 128, "stride": 96}
@@ -17,7 +17,7 @@ SPANS = {"@span_getters": "spacy-transformers.strided_spans.v1", "window": 128, 
 
 def v2_pipeline(bert, **knobs):
     nlp = spacy.blank("en")
-    model = {"@architectures": "spacy_earlyexit.EarlyExitTransformer.v2", "name": str(bert),
+    model = {**PLAIN_OFFRAMPS, "@architectures": "spacy_earlyexit.EarlyExitTransformer.v1", "name": str(bert),
              "get_spans": SPANS, "encoder_learn_rate_scale": 0.5, **knobs}
     nlp.add_pipe("earlyexit_tagger", config={"task": "pos", "model": model})
     examples = [Example.from_dict(nlp.make_doc(text), {"pos": gold}) for text, gold in POS_DATA]
@@ -69,7 +69,7 @@ def test_layer_wise_rates_scale_each_layers_step(tiny_bert, decay):
 
 def test_bad_decay_is_refused(tiny_bert):
     nlp = spacy.blank("en")
-    model = {"@architectures": "spacy_earlyexit.EarlyExitTransformer.v2", "name": str(tiny_bert),
+    model = {**PLAIN_OFFRAMPS, "@architectures": "spacy_earlyexit.EarlyExitTransformer.v1", "name": str(tiny_bert),
              "get_spans": SPANS, "layer_lr_decay": 0.0}
     with pytest.raises(ValueError, match="layer_lr_decay"):
         nlp.add_pipe("earlyexit_tagger", config={"task": "pos", "model": model})

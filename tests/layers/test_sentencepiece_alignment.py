@@ -12,7 +12,7 @@ from spacy.tokens import Doc, DocBin
 from spacy_transformers.span_getters import configure_strided_spans
 
 from helpers.sentencepiece_bert import SPACING_TEXTS, write_sentencepiece_bert
-from helpers.tiny_bert import POS_DATA, train_on
+from helpers.tiny_bert import PLAIN_OFFRAMPS, POS_DATA, train_on
 from spacy_earlyexit.layers.wordpieces import tokenize_docs
 
 N_LAYERS = 3
@@ -88,7 +88,8 @@ def test_expected_pieces_by_hand(tokenizer):
 def sentencepiece_pipeline(bert, get_spans):
     nlp = spacy.blank("en")
     model = {
-        "@architectures": "spacy_earlyexit.EarlyExitTransformer.v2",
+        **PLAIN_OFFRAMPS,
+        "@architectures": "spacy_earlyexit.EarlyExitTransformer.v1",
         "name": str(bert),
         "freeze_embeddings": True,
         "layer_lr_decay": 0.9,

@@ -19,7 +19,7 @@ from spacy_earlyexit.model import (
 from spacy_earlyexit.model.offramp import ContextOffRamp, OffRamp, OffRampHeads
 
 from helpers.encoders import N_CLASSES, N_LAYERS, build_batch, random_bert, random_spans
-from helpers.tiny_bert import NER_DATA, train_tiny_pipeline
+from helpers.tiny_bert import PLAIN_OFFRAMPS, NER_DATA, train_tiny_pipeline
 
 PIPE = "earlyexit_tagger"
 HEADS = [OffRampHeads(2, 1, 16), OffRampHeads(3, 2, 0), OffRampHeads(1, 0, 8), OffRampHeads("all", 1, 0)]
@@ -228,7 +228,7 @@ SPANS = {"@span_getters": "spacy-transformers.strided_spans.v1", "window": 128, 
 
 
 def v3(bert, **settings) -> dict:
-    return {"@architectures": "spacy_earlyexit.EarlyExitTransformer.v3", "name": str(bert), "get_spans": SPANS, **settings}
+    return {**PLAIN_OFFRAMPS, "@architectures": "spacy_earlyexit.EarlyExitTransformer.v1", "name": str(bert), "get_spans": SPANS, **settings}
 
 
 @pytest.fixture(scope="module")
@@ -252,7 +252,7 @@ def test_pipeline_builds_trains_and_round_trips_context_offramps(context_nlp, ti
         # the saved weights decide: a pipeline whose config says plain off-ramps
         # still loads context off-ramps from the bytes
         plain = spacy.blank("en")
-        plain.add_pipe(PIPE, config={"task": "ner", "model": {"name": str(tiny_bert)}})
+        plain.add_pipe(PIPE, config={"task": "ner", "model": {**PLAIN_OFFRAMPS, "name": str(tiny_bert)}})
         plain.from_bytes(context_nlp.to_bytes())
         loaded = plain.get_pipe(PIPE)
         assert isinstance(loaded.model.shims[0].encoder.offramps[1], ContextOffRamp)

@@ -27,7 +27,7 @@ from spacy_earlyexit.model import EarlyExitEncoder, EncoderBatch, ExitSettings, 
 from spacy_earlyexit.model.exit_policy import layer_thresholds
 
 from helpers.encoders import N_CLASSES, N_LAYERS, build_batch, make_encoder, random_bert, random_spans
-from helpers.tiny_bert import NER_DATA, corpus_words
+from helpers.tiny_bert import PLAIN_OFFRAMPS, NER_DATA, corpus_words
 
 
 MARGIN = 1e-4  # keep every compared score this far from its threshold
@@ -576,7 +576,7 @@ def make_nlp(model_path, seed: int = 0):
     """A tiny NER pipeline, initialized, with sharpened random off-ramps."""
     torch.manual_seed(seed)
     nlp = spacy.blank("en")
-    nlp.add_pipe(PIPE, config={"task": "ner", "model": {"name": str(model_path)}})
+    nlp.add_pipe(PIPE, config={"task": "ner", "model": {**PLAIN_OFFRAMPS, "name": str(model_path)}})
     examples = [Example.from_dict(nlp.make_doc(text), {"entities": ents}) for text, ents in NER_DATA]
     nlp.initialize(lambda: examples)
     with torch.no_grad():

@@ -22,7 +22,7 @@ from spacy_earlyexit.model.exit_policy import EntityTokenExit, TokenExit, exit_r
 from spacy_earlyexit.model.self_sampling import simulate_token_exits
 
 from helpers.encoders import N_CLASSES, N_LAYERS, build_batch, make_encoder, random_bert, random_spans
-from helpers.tiny_bert import NER_DATA, POS_DATA, corpus_words
+from helpers.tiny_bert import PLAIN_OFFRAMPS, NER_DATA, POS_DATA, corpus_words
 
 # "Barack Obama visited New York today ."
 WORDS = torch.ones(1, 7, dtype=torch.bool)
@@ -330,7 +330,7 @@ PIPE = "earlyexit_tagger"
 def make_nlp(model_path, task: str):
     torch.manual_seed(0)
     nlp = spacy.blank("en")
-    nlp.add_pipe(PIPE, config={"task": task, "model": {"name": str(model_path)}})
+    nlp.add_pipe(PIPE, config={"task": task, "model": {**PLAIN_OFFRAMPS, "name": str(model_path)}})
     if task == "ner":
         examples = [Example.from_dict(nlp.make_doc(text), {"entities": ents}) for text, ents in NER_DATA]
     else:

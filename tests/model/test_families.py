@@ -1,4 +1,4 @@
-"""Every encoder family README lists as supported, as a new user would use
+"""Every encoder family docs/backbones.md lists as supported, as a new user would use
 it: a tiny random model and a fast tokenizer of its kind in a folder.
 
 1. At full depth, the early-exit encoder's hidden states and last off-ramp

@@ -34,7 +34,7 @@ from spacy_earlyexit.model.self_sampling import (
 
 from helpers import encoders
 from helpers.encoders import N_CLASSES, N_LAYERS, build_batch
-from helpers.tiny_bert import NER_DATA
+from helpers.tiny_bert import PLAIN_OFFRAMPS, NER_DATA
 
 torch.set_num_threads(1)  # a background job may hold the other core
 
@@ -206,7 +206,7 @@ def test_sample_exit_layers_simulates_on_the_current_model() -> None:
 def make_nlp(tiny_bert):
     torch.manual_seed(0)
     nlp = spacy.blank("en")
-    nlp.add_pipe(PIPE, config={"task": "ner", "model": {"name": str(tiny_bert), "offramp_dropout": 0.0}})
+    nlp.add_pipe(PIPE, config={"task": "ner", "model": {**PLAIN_OFFRAMPS, "name": str(tiny_bert), "offramp_dropout": 0.0}})
     nlp.initialize(lambda: examples(nlp))
     return nlp
 

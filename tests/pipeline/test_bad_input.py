@@ -14,7 +14,7 @@ from spacy.training import Example
 from spacy.util import fix_random_seed
 
 from spacy_earlyexit.layers.early_exit_transformer import train_docs
-from helpers.tiny_bert import NER_DATA, POS_DATA, train_on
+from helpers.tiny_bert import PLAIN_OFFRAMPS, NER_DATA, POS_DATA, train_on
 
 
 TAGGER = "earlyexit_tagger"
@@ -22,7 +22,7 @@ TAGGER = "earlyexit_tagger"
 
 def make_nlp(bert, task: str = "ner", model: Optional[Dict] = None, **config) -> Language:
     nlp = spacy.blank("en")
-    nlp.add_pipe(TAGGER, config={"task": task, "model": {"name": str(bert), **(model or {})}, **config})
+    nlp.add_pipe(TAGGER, config={"task": task, "model": {**PLAIN_OFFRAMPS, "name": str(bert), **(model or {})}, **config})
     return nlp
 
 
@@ -248,7 +248,7 @@ def test_gold_tokenization_that_differs(ner_nlp):
 @pytest.mark.parametrize("name", ["/nonexistent/folder/bert", "fake-org/no-such-bert-model"])
 def test_model_that_cannot_be_loaded(name):
     nlp = spacy.blank("en")
-    nlp.add_pipe(TAGGER, config={"task": "ner", "model": {"name": name}})
+    nlp.add_pipe(TAGGER, config={"task": "ner", "model": {**PLAIN_OFFRAMPS, "name": name}})
     with pytest.raises(ValueError) as error:
         nlp.initialize(lambda: ner_examples(nlp))
     message = str(error.value)
@@ -259,7 +259,7 @@ def test_model_that_cannot_be_loaded(name):
 def test_folder_without_a_model(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     nlp = spacy.blank("en")
-    nlp.add_pipe(TAGGER, config={"task": "ner", "model": {"name": str(tmp_path)}})
+    nlp.add_pipe(TAGGER, config={"task": "ner", "model": {**PLAIN_OFFRAMPS, "name": str(tmp_path)}})
     with pytest.raises(ValueError, match="could not load the transformer"):
         nlp.initialize(lambda: ner_examples(nlp))
 

@@ -1,11 +1,11 @@
-"""case_features (EarlyExitTransformer.v3) on an uncased tiny BERT: words that
+"""case_features (EarlyExitTransformer.v1) on an uncased tiny BERT: words that
 differ only in case get the same pieces, so only the case embedding can tell
 them apart; pipelines keep it through serialization."""
 import pytest
 import spacy
 from spacy.training import Example
 
-from helpers.tiny_bert import train_until_perfect, write_tiny_bert
+from helpers.tiny_bert import PLAIN_OFFRAMPS, train_until_perfect, write_tiny_bert
 
 NAMES = ["apple", "paris", "bush", "jordan", "china"]
 #: the same sentence twice, the name lowercase (a noun) or capitalized (a proper noun)
@@ -27,7 +27,7 @@ def uncased_bert(tmp_path_factory):
 
 def build(bert, case_features: bool):
     nlp = spacy.blank("en")
-    model = {"@architectures": "spacy_earlyexit.EarlyExitTransformer.v3", "name": str(bert),
+    model = {**PLAIN_OFFRAMPS, "@architectures": "spacy_earlyexit.EarlyExitTransformer.v1", "name": str(bert),
              "case_features": case_features, "get_spans": SPANS}
     nlp.add_pipe("earlyexit_tagger", config={"task": "pos", "model": model})
     examples = [Example.from_dict(nlp.make_doc(text), {"pos": pos}) for text, pos in DATA]
@@ -67,7 +67,7 @@ def test_case_embedding_trains_at_offramp_rate_and_freezes_with_encoder(uncased_
 
 def test_case_features_must_be_a_bool(uncased_bert):
     nlp = spacy.blank("en")
-    model = {"@architectures": "spacy_earlyexit.EarlyExitTransformer.v3", "name": str(uncased_bert),
+    model = {**PLAIN_OFFRAMPS, "@architectures": "spacy_earlyexit.EarlyExitTransformer.v1", "name": str(uncased_bert),
              "case_features": "yes", "get_spans": SPANS}
     with pytest.raises(Exception, match="case_features"):
         nlp.add_pipe("earlyexit_tagger", config={"task": "pos", "model": model})
@@ -80,7 +80,7 @@ def test_quantized_case_features_pipeline_keeps_its_architecture(uncased_bert):
     train_until_perfect(nlp, examples, "pos_acc", max_steps=400)
     quantize_pipeline(nlp)
     model_config = nlp.config["components"]["earlyexit_tagger"]["model"]
-    assert model_config["@architectures"] == "spacy_earlyexit.EarlyExitTransformer.v3"
+    assert model_config["@architectures"] == "spacy_earlyexit.EarlyExitTransformer.v1"
     assert model_config["case_features"] is True and model_config["precision"] == "int8"
     loaded = spacy.blank("en").from_config(nlp.config)
     loaded.from_bytes(nlp.to_bytes())

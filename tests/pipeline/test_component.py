@@ -17,7 +17,7 @@ from spacy.tokens import Doc, Span
 from spacy.training import Example, offsets_to_biluo_tags
 from spacy.util import fix_random_seed, registry
 
-from helpers.tiny_bert import NER_DATA, POS_DATA
+from helpers.tiny_bert import PLAIN_OFFRAMPS, NER_DATA, POS_DATA
 
 
 TASK_DATA_KEYS = {"ner": "entities", "pos": "pos", "tag": "tags"}
@@ -27,7 +27,7 @@ HEADLINE = {"ner": "ents_f", "pos": "pos_acc", "tag": "tag_acc"}
 def make_nlp(bert: Path, task: str = "ner", model: Optional[Dict] = None, **config) -> Language:
     """A blank English pipeline with an earlyexit_tagger on `bert`."""
     nlp = spacy.blank("en")
-    model_config = {"name": str(bert), **(model or {})}
+    model_config = {**PLAIN_OFFRAMPS, "name": str(bert), **(model or {})}
     nlp.add_pipe("earlyexit_tagger", config={"task": task, "model": model_config, **config})
     return nlp
 

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import distribution
 from pathlib import Path
 
@@ -97,3 +98,53 @@ def test_installed_entry_points_match_setup_cfg():
         "(pip install --no-deps -e .) so that spaCy finds the new registrations"
     )
     assert {group for group, _, _ in declared} >= {"spacy_factories", "spacy_architectures", "spacy_scorers"}
+
+
+def package_registrations() -> list:
+    """(registry, name) of everything the package registers with spaCy and
+    thinc: names starting with "spacy_earlyexit." and the factory."""
+    import spacy_earlyexit  # noqa: F401
+    from spacy.util import registry
+
+    found = [("factories", "earlyexit_tagger")]
+    for registry_name in registry.get_registry_names():
+        if registry_name in ("factories", "cli"):
+            continue
+        table = getattr(registry, registry_name)
+        found += [(registry_name, name) for name in table.get_all() if name.startswith("spacy_earlyexit.")]
+    return sorted(set(found))
+
+
+def test_registered_names_have_one_version_each():
+    bases = [name.rpartition(".v")[0] for _, name in package_registrations() if ".v" in name]
+    assert len(bases) == len(set(bases)), sorted(bases)
+
+
+def test_spacy_find_function_finds_every_registration_in_a_fresh_interpreter():
+    """`spacy find-function` (a fresh interpreter each, outside the repository,
+    so only entry points can lead spaCy to the package) finds everything the
+    package registers."""
+    # the factory is found through its entry point by add_pipe (tested above);
+    # find-function looks factories up in spaCy's own table only
+    registrations = [(table, name) for table, name in package_registrations() if table != "factories"]
+    assert {name for _, name in registrations} >= {
+        "spacy_earlyexit.EarlyExitTransformer.v1", "spacy_earlyexit.SelfSampling.v1",
+        "spacy_earlyexit.enable_self_sampling.v1", "spacy_earlyexit.scorer.v1",
+    }
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("PYTHONPATH", None)
+
+    def find(registration):
+        registry_name, name = registration
+        run = subprocess.run(
+            [sys.executable, "-m", "spacy", "find-function", name, "--registry", registry_name],
+            capture_output=True, text=True, env=env, cwd="/", timeout=120,
+        )
+        return registration, run.returncode, run.stdout + run.stderr
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        outcomes = list(pool.map(find, registrations))
+    missing = [(registration, output[-300:]) for registration, code, output in outcomes if code != 0]
+    assert not missing, missing
+    for (_, name), _, output in outcomes:
+        assert "spacy_earlyexit" in output, (name, output)

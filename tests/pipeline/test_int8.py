@@ -15,7 +15,7 @@ from spacy_earlyexit.cli import main as cli_main
 from spacy_earlyexit.model.quantization import Int8Linear
 from spacy_earlyexit.pipeline.quantize import quantize_pipeline
 
-from helpers.tiny_bert import GOLD_KEYS, POS_DATA, corpus_words, train_tiny_pipeline, write_tiny_bert
+from helpers.tiny_bert import PLAIN_OFFRAMPS, GOLD_KEYS, POS_DATA, corpus_words, train_tiny_pipeline, write_tiny_bert
 
 TAGGER = "earlyexit_tagger"
 TEXTS = [text for text, _ in POS_DATA] + [
@@ -60,7 +60,7 @@ def test_the_config_says_int8(quantized):
     nlp = spacy.load(quantized)
     model = nlp.config["components"][TAGGER]["model"]
     assert model["precision"] == "int8"
-    assert model["@architectures"] == "spacy_earlyexit.EarlyExitTransformer.v2"
+    assert model["@architectures"] == "spacy_earlyexit.EarlyExitTransformer.v1"
     encoder = nlp.get_pipe(TAGGER).model.shims[0].encoder
     assert isinstance(encoder.layers[0].attention.self.query, Int8Linear)
     assert isinstance(encoder.layers[0].output.dense, Int8Linear)
@@ -113,8 +113,8 @@ def test_training_an_int8_pipeline_is_refused(quantized):
     with pytest.raises(ValueError, match="quantize"):
         nlp.update(examples)
     blank = spacy.blank("en")
-    blank.add_pipe(TAGGER, config={"task": "pos", "model": {
-        "@architectures": "spacy_earlyexit.EarlyExitTransformer.v2", "name": "unused", "precision": "int8",
+    blank.add_pipe(TAGGER, config={"task": "pos", "model": {**PLAIN_OFFRAMPS,
+        "@architectures": "spacy_earlyexit.EarlyExitTransformer.v1", "name": "unused", "precision": "int8",
         "get_spans": {"@span_getters": "spacy-transformers.strided_spans.v1", "window": 128, "stride": 96}}})
     with pytest.raises(ValueError, match="cannot be initialized or trained"):
         blank.initialize(lambda: [Example.from_dict(blank.make_doc(t), {"pos": p}) for t, p in POS_DATA])

@@ -1,4 +1,4 @@
-"""keep_layers (EarlyExitTransformer.v3): a pipeline on the first N layers
+"""keep_layers (EarlyExitTransformer.v1): a pipeline on the first N layers
 of a pretrained encoder, against Hugging Face's own N-layer model of the same
 weights; saved and loaded with N layers; bad values refused."""
 import pytest
@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModel
 
 from helpers.families import write_family
-from helpers.tiny_bert import POS_DATA, corpus_words, train_on, write_tiny_bert
+from helpers.tiny_bert import PLAIN_OFFRAMPS, POS_DATA, corpus_words, train_on, write_tiny_bert
 from spacy.training import Example
 
 from spacy_earlyexit.model.families import keep_first_layers
@@ -22,7 +22,7 @@ def bert4(tmp_path_factory):
 
 def build(bert, keep_layers):
     nlp = spacy.blank("en")
-    model = {"@architectures": "spacy_earlyexit.EarlyExitTransformer.v3", "name": str(bert),
+    model = {**PLAIN_OFFRAMPS, "@architectures": "spacy_earlyexit.EarlyExitTransformer.v1", "name": str(bert),
              "keep_layers": keep_layers, "get_spans": SPANS}
     nlp.add_pipe("earlyexit_tagger", config={"task": "pos", "model": model})
     examples = [Example.from_dict(nlp.make_doc(text), {"pos": pos}) for text, pos in POS_DATA]

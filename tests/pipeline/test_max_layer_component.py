@@ -17,7 +17,7 @@ import torch
 from spacy.training import Example
 from spacy.util import load_model_from_config
 
-from helpers.tiny_bert import NER_DATA, POS_DATA, corpus_words, train_tiny_pipeline, write_tiny_bert
+from helpers.tiny_bert import PLAIN_OFFRAMPS, NER_DATA, POS_DATA, corpus_words, train_tiny_pipeline, write_tiny_bert
 
 PIPE = "earlyexit_tagger"
 N_LAYERS = 4
@@ -131,7 +131,7 @@ def test_saved_cap_round_trips(nlp, tmp_path) -> None:
     tagger = nlp.get_pipe(PIPE)
     settings = tagger.configure_exit(**TOKEN, max_layer=3)
     try:
-        assert settings.max_layer == 3 and tagger.cfg["exit"]["max_layer"] == 3
+        assert settings.max_layer == 3 and nlp.config["components"][PIPE]["max_layer"] == 3
         expected = results(nlp.pipe(TEXTS))
         assert max(layer for _, doc_layers, _ in expected for layer in doc_layers) == 3
         restored = load_model_from_config(nlp.config, auto_fill=True)
@@ -141,8 +141,8 @@ def test_saved_cap_round_trips(nlp, tmp_path) -> None:
         nlp.to_disk(tmp_path / "pipeline")
     finally:
         tagger.configure_exit(exit_mode="off", max_layer=None)
-    saved_cfg = json.loads((tmp_path / "pipeline" / PIPE / "cfg").read_text())
-    assert saved_cfg["exit"]["max_layer"] == 3
+    saved_config = spacy.util.load_config(tmp_path / "pipeline" / "config.cfg")
+    assert saved_config["components"][PIPE]["max_layer"] == 3
     loaded = spacy.load(tmp_path / "pipeline")
     assert loaded.get_pipe(PIPE).exit_settings == settings
     assert results(loaded.pipe(TEXTS)) == expected
@@ -153,12 +153,13 @@ def test_saved_cap_round_trips(nlp, tmp_path) -> None:
 
 def test_pipelines_saved_without_the_setting_load(nlp, tmp_path) -> None:
     """A pipeline saved before max_layer existed: no key in the component's
-    cfg, no line in config.cfg. It loads with no cap."""
+    cfg (which then kept the exit setting), no line in config.cfg. It loads
+    with no cap."""
     folder = tmp_path / "old"
     nlp.to_disk(folder)
     cfg_file = folder / PIPE / "cfg"
     data = json.loads(cfg_file.read_text())
-    del data["exit"]["max_layer"]
+    data["exit"] = {key: value for key, value in nlp.get_pipe(PIPE).exit_settings.to_dict().items() if key != "max_layer"}
     cfg_file.write_text(json.dumps(data))
     config_file = folder / "config.cfg"
     lines = config_file.read_text().splitlines()
@@ -171,11 +172,11 @@ def test_pipelines_saved_without_the_setting_load(nlp, tmp_path) -> None:
 
 def test_factory_config_sets_the_cap(bert4) -> None:
     nlp = spacy.blank("en")
-    nlp.add_pipe(PIPE, config={"task": "pos", "model": {"name": str(bert4)}, "max_layer": 2})
+    nlp.add_pipe(PIPE, config={"task": "pos", "model": {**PLAIN_OFFRAMPS, "name": str(bert4)}, "max_layer": 2})
     assert nlp.get_pipe(PIPE).exit_settings.max_layer == 2
     assert nlp.config["components"][PIPE]["max_layer"] == 2
     with pytest.raises(ValueError, match="max_layer"):
-        spacy.blank("en").add_pipe(PIPE, config={"task": "pos", "model": {"name": str(bert4)}, "max_layer": 0})
+        spacy.blank("en").add_pipe(PIPE, config={"task": "pos", "model": {**PLAIN_OFFRAMPS, "name": str(bert4)}, "max_layer": 0})
 
 
 def test_training_ignores_the_cap(bert4, monkeypatch) -> None:

@@ -17,11 +17,11 @@ from spacy.tokens import Doc
 from spacy.training import Corpus, Example
 from spacy.util import get_words_and_spaces
 
-from spacy_earlyexit.workflow.char_bert import SPECIAL_TOKENS, build_char_bert, char_vocab
-from helpers.tiny_bert import train_until_perfect as train
+from corpora.char_bert import SPECIAL_TOKENS, build_char_bert, char_vocab
+from helpers.tiny_bert import PLAIN_OFFRAMPS, train_until_perfect as train
 from helpers.requirements import require
-from spacy_earlyexit.workflow.convert import write_docbin
-from spacy_earlyexit.workflow.convert_zh import (
+from corpora.convert import write_docbin
+from corpora.convert_zh import (
     msra_docs, parse_pku_line, pku_docs, split_indices, split_sentences, ud_docs,
 )
 from spacy_earlyexit.layers.wordpieces import tokenize_docs
@@ -221,7 +221,7 @@ def test_every_character_gets_its_own_piece(char_bert):
 # --- learning ------------------------------------------------------------------
 def make_nlp(bert: Path, task: str = "segment", **config) -> Language:
     nlp = spacy.blank("zh")
-    model = {"name": str(bert), "encoder_learn_rate_scale": 1.0, "offramp_dropout": 0.0}
+    model = {**PLAIN_OFFRAMPS, "name": str(bert), "encoder_learn_rate_scale": 1.0, "offramp_dropout": 0.0}
     nlp.add_pipe("earlyexit_tagger", config={"task": task, "model": model, **config})
     return nlp
 

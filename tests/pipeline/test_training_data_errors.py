@@ -17,7 +17,7 @@ from spacy.tokens import Doc, DocBin, Span
 from spacy.training import Example
 from spacy.util import fix_random_seed
 
-from helpers.tiny_bert import NER_DATA, POS_DATA
+from helpers.tiny_bert import PLAIN_OFFRAMPS, NER_DATA, POS_DATA
 
 
 TAGGER = "earlyexit_tagger"
@@ -26,7 +26,7 @@ CONFIG = Path(__file__).resolve().parents[2] / "configs" / "pos_joint.cfg"
 
 def make_nlp(bert: Path, task: str) -> Language:
     nlp = spacy.blank("en")
-    nlp.add_pipe(TAGGER, config={"task": task, "model": {"name": str(bert)}})
+    nlp.add_pipe(TAGGER, config={"task": task, "model": {**PLAIN_OFFRAMPS, "name": str(bert)}})
     return nlp
 
 

@@ -13,7 +13,7 @@ from spacy.tokens import Doc
 from spacy.training import Example
 
 import spacy_earlyexit.pipeline.architectures  # noqa: F401 (v3 before the entry points are reinstalled)
-from helpers.tiny_bert import train_until_perfect as train
+from helpers.tiny_bert import PLAIN_OFFRAMPS, train_until_perfect as train
 from helpers.tiny_sentencepiece import SP_NER_DATA, SP_SEGMENT_DATA, write_tiny_sentencepiece_bert
 
 ZH = spacy.blank("zh")
@@ -26,11 +26,11 @@ def sp_bert(tmp_path_factory):
 
 def make_nlp(bert, task: str, piece_split: str, **v3_settings) -> Language:
     """A blank zh pipeline (one token per character) with the tagger on `bert`;
-    v3_settings (e.g. context off-ramps) switch to EarlyExitTransformer.v3."""
+    v3_settings: more model settings (e.g. context off-ramps)."""
     nlp = spacy.blank("zh")
-    version = "v3" if v3_settings else "v2"
     model = {
-        "@architectures": f"spacy_earlyexit.EarlyExitTransformer.{version}", "name": str(bert),
+        **PLAIN_OFFRAMPS,
+        "@architectures": "spacy_earlyexit.EarlyExitTransformer.v1", "name": str(bert),
         "encoder_learn_rate_scale": 1.0, "offramp_dropout": 0.0, "piece_split": piece_split,
         "get_spans": {"@span_getters": "spacy-transformers.strided_spans.v1", "window": 128, "stride": 96},
         **v3_settings,

@@ -114,8 +114,8 @@ def test_sweep_and_choose_with_caps(tiny_bert, tmp_path, capsys) -> None:
     nlp.to_disk(tmp_path / "pipeline")
     gold = [Example.from_dict(nlp.make_doc(text), {"pos": tags}).reference for text, tags in POS_DATA]
     DocBin(docs=gold * 2).to_disk(tmp_path / "dev.spacy")
-    main(["sweep", "--model", f"m={tmp_path / 'pipeline'}", "--dev", str(tmp_path / "dev.spacy"),
-          "--output", str(tmp_path / "sweep"), "--modes", "token", "--thresholds", "0.3", "--windows", "0",
+    main(["sweep", "--pipeline", f"m={tmp_path / 'pipeline'}", "--dev", str(tmp_path / "dev.spacy"),
+          "--output", str(tmp_path / "sweep"), "--exit-modes", "token", "--thresholds", "0.3", "--windows", "0",
           "--max-layers", "1,all", "--repetitions", "1", "--batch-size", "4", "--no-progress"])
     result = json.loads((tmp_path / "sweep.json").read_text())
     settings = [r["setting"] for r in result["rows"]]
@@ -126,7 +126,7 @@ def test_sweep_and_choose_with_caps(tiny_bert, tmp_path, capsys) -> None:
     assert cut["exit_layer_mean"] == 1.0 and cut["flops_speedup"] == pytest.approx(3.0)
     assert "| m | off | – | – | – | 1 | " in (tmp_path / "sweep.md").read_text()
     assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
-    main(["choose", str(tmp_path / "sweep.json"), "--pipeline", str(tmp_path / "pipeline"),
+    main(["choose", str(tmp_path / "sweep.json"), "--source", str(tmp_path / "pipeline"),
           "--output", str(tmp_path / "chosen"), "--target-speedup", "2.5"])
     assert "'max_layer': 1" in capsys.readouterr().out
     chosen = spacy.load(tmp_path / "chosen").get_pipe("earlyexit_tagger").exit_settings

@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from helpers.tiny_bert import PLAIN_OFFRAMPS
 from spacy_earlyexit.tuning.operating_point import (
     baseline_score,
     exit_changes,
@@ -113,8 +114,8 @@ def test_any_lets_every_pipeline_compete():
 
 
 def test_choose_any_saves_the_setting_in_the_winning_pipeline(tiny_bert, tmp_path, capsys):
-    """`choose --model any` without --pipeline: the chosen row's pipeline as
-    the sweep recorded it; a --pipeline that is not the winner is refused."""
+    """`choose --from any` without --source: the chosen row's pipeline as
+    the sweep recorded it; a --source that is not the winner is refused."""
     import spacy
     from spacy.training import Example
 
@@ -123,7 +124,7 @@ def test_choose_any_saves_the_setting_in_the_winning_pipeline(tiny_bert, tmp_pat
 
     for name, task, data in (("stage1", "ner", NER_DATA), ("stage2", "pos", POS_DATA)):
         nlp = spacy.blank("en")
-        nlp.add_pipe("earlyexit_tagger", config={"task": task, "model": {"name": str(tiny_bert)}})
+        nlp.add_pipe("earlyexit_tagger", config={"task": task, "model": {**PLAIN_OFFRAMPS, "name": str(tiny_bert)}})
         key = "entities" if task == "ner" else "pos"
         nlp.initialize(lambda: [Example.from_dict(nlp.make_doc(text), {key: gold}) for text, gold in data])
         nlp.to_disk(tmp_path / name)
@@ -132,7 +133,7 @@ def test_choose_any_saves_the_setting_in_the_winning_pipeline(tiny_bert, tmp_pat
         "score_key": "score", "rows": [{**r, "exit_layer_mean": 3.0} for r in TABLE],
         "models": {"stage1": str(tmp_path / "stage1"), "stage2": str(tmp_path / "stage2")},
     }))
-    main(["choose", str(sweep), "--model", "any", "--target-speedup", "2.0",
+    main(["choose", str(sweep), "--from", "any", "--target-speedup", "2.0",
           "--output", str(tmp_path / "chosen"), "--record", str(tmp_path / "point.json")])
     printed = capsys.readouterr().out
     assert "chosen: stage1 token" in printed and f"saved {tmp_path / 'stage1'} with exit setting" in printed
@@ -141,14 +142,14 @@ def test_choose_any_saves_the_setting_in_the_winning_pipeline(tiny_bert, tmp_pat
     assert (chosen.exit_settings.exit_mode, chosen.exit_settings.threshold) == ("token", 0.3)
     assert json.loads((tmp_path / "point.json").read_text())["pipeline"] == str(tmp_path / "stage1")
     # stage 1 itself is untouched
-    assert json.loads((tmp_path / "stage1" / "earlyexit_tagger" / "cfg").read_text())["exit"]["exit_mode"] == "off"
+    assert spacy.load(tmp_path / "stage1").get_pipe("earlyexit_tagger").exit_settings.exit_mode == "off"
     with pytest.raises(SystemExit, match="chose 'stage1'"):
-        main(["choose", str(sweep), "--model", "any", "--target-speedup", "2.0",
-              "--pipeline", str(tmp_path / "stage2"), "--output", str(tmp_path / "other")])
+        main(["choose", str(sweep), "--from", "any", "--target-speedup", "2.0",
+              "--source", str(tmp_path / "stage2"), "--output", str(tmp_path / "other")])
     assert not (tmp_path / "other").exists()
-    # one named pipeline with --pipeline still works as before
-    main(["choose", str(sweep), "--model", "stage2", "--target-speedup", "2.0",
-          "--pipeline", str(tmp_path / "stage2"), "--output", str(tmp_path / "chosen2")])
+    # one named pipeline with --source still works as before
+    main(["choose", str(sweep), "--from", "stage2", "--target-speedup", "2.0",
+          "--source", str(tmp_path / "stage2"), "--output", str(tmp_path / "chosen2")])
     assert spacy.load(tmp_path / "chosen2").get_pipe("earlyexit_tagger").exit_settings.threshold == 0.2
 
 
@@ -166,7 +167,7 @@ def test_chosen_setting_is_written_into_the_pipeline(tiny_bert, tmp_path):
     from helpers.tiny_bert import NER_DATA
 
     nlp = spacy.blank("en")
-    nlp.add_pipe("earlyexit_tagger", config={"task": "ner", "model": {"name": str(tiny_bert)}})
+    nlp.add_pipe("earlyexit_tagger", config={"task": "ner", "model": {**PLAIN_OFFRAMPS, "name": str(tiny_bert)}})
     examples = [
         Example.from_dict(nlp.make_doc(text), {"entities": ents}) for text, ents in NER_DATA
     ]
@@ -179,8 +180,7 @@ def test_chosen_setting_is_written_into_the_pipeline(tiny_bert, tmp_path):
     # max_layer too: a row without it ran at full depth
     assert exit_changes(chosen) == {"exit_mode": "token", "threshold": 0.2, "window": 1, "max_layer": None}
     # the original is untouched
-    original = json.loads((tmp_path / "pipeline" / "earlyexit_tagger" / "cfg").read_text())
-    assert original["exit"]["exit_mode"] == "off"
+    assert spacy.load(tmp_path / "pipeline").get_pipe("earlyexit_tagger").exit_settings.exit_mode == "off"
 
 
 def test_sweep_grid_with_later_layer_factors():

@@ -14,7 +14,7 @@ import spacy
 import torch
 from spacy.training import Example
 
-from helpers.tiny_bert import NER_DATA, corpus_words
+from helpers.tiny_bert import PLAIN_OFFRAMPS, NER_DATA, corpus_words
 from spacy_earlyexit.model import EncoderBatch, span_cost
 
 pytestmark = pytest.mark.timing  # wall-clock ratios, generous bounds
@@ -26,7 +26,7 @@ PIPE = "earlyexit_tagger"
 def nlp12(tiny_bert_12):
     torch.manual_seed(0)
     nlp = spacy.blank("en")
-    nlp.add_pipe(PIPE, config={"task": "ner", "model": {"name": str(tiny_bert_12)}})
+    nlp.add_pipe(PIPE, config={"task": "ner", "model": {**PLAIN_OFFRAMPS, "name": str(tiny_bert_12)}})
     examples = [Example.from_dict(nlp.make_doc(text), {"entities": ents}) for text, ents in NER_DATA]
     nlp.initialize(lambda: examples)
     return nlp

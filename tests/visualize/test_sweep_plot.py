@@ -82,3 +82,12 @@ def test_plot_writes_a_png(tmp_path):
     speed_only = plot_sweep(result, tmp_path / "flops.png", chosen="token t=0.1 k=0",
                             reference={"name": "other", "words_per_second": 500})
     assert speed_only.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_without_matplotlib_the_plot_says_how_to_install_it(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    with pytest.raises(ImportError, match=r'pip install "spacy-earlyexit\[plot\]"'):
+        plot_sweep(sweep(), tmp_path / "sweep.png")
+    assert not (tmp_path / "sweep.png").exists()

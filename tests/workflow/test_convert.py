@@ -4,7 +4,7 @@ WNUT-16 (hashtags are words, not comments)."""
 import pytest
 import spacy
 
-from spacy_earlyexit.workflow.convert import read_columns, read_corpus
+from corpora.convert import read_columns, read_corpus
 
 UNER = """# newdoc id = answers-1
 # sent_id = answers-1-0001

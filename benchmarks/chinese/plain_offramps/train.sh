@@ -1,0 +1,13 @@
+#!/bin/bash
+# usage: train.sh TASK(segment|ner) STEPS
+set -e
+# run from anywhere, with the project installed (README); corpora from `spacy project run zh`
+cd "$(dirname "$0")/../../.." && export HF_HUB_OFFLINE=1
+T=$1; S=$2
+if [ $T = segment ]; then C=zh_pku; else C=zh_msra; fi
+# dev300: the first 300 docs of the dev split
+[ -e corpus/$C/dev300.spacy ] || python -c "import sys; from spacy.tokens import DocBin; import spacy; nlp = spacy.blank('zh'); docs = list(DocBin().from_disk(sys.argv[1]).get_docs(nlp.vocab))[:300]; DocBin(docs=docs, store_user_data=True).to_disk(sys.argv[2])" corpus/$C/dev.spacy corpus/$C/dev300.spacy
+/usr/bin/time -v python -m spacy train configs/zh_${T}_joint.cfg --output training/zh_${T}/joint \
+  --paths.train corpus/$C/train.spacy --paths.dev corpus/$C/dev300.spacy --paths.backbone assets/multilingual-e5-small \
+  --training.max_epochs 0 --training.max_steps $S --training.optimizer.learn_rate.total_steps $S \
+  --training.eval_frequency 250 --system.seed 0 --initialize.before_init.threads 1

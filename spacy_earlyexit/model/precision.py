@@ -1,0 +1,150 @@
+"""Which precision the encoder runs in, and choosing it by processor.
+
+A pipeline's weights are saved in one precision ("float32", "bfloat16" or
+"int8"); its config asks for one to run in ("float32", "bfloat16", "int8" or
+"auto"). Float32 and bfloat16 weights run in either of those two (a cast at
+load time, no retraining); int8 weights run in int8 only (`quantize` makes
+them). "auto" takes the fast path of the processor it runs on:
+
+- bfloat16 where the CPU has AMX tile units (Intel Sapphire Rapids and
+  later: a bfloat16 matrix product runs several times faster than float32),
+  or on a CUDA device that supports bfloat16;
+- int8 where the weights are int8 (quantized pipelines);
+- float32 otherwise. Without AMX a CPU's bfloat16 products are no faster
+  than float32 (often slower), so "auto" never picks them there.
+
+Only the transformer (embeddings and layers) changes precision: off-ramps and
+the case embedding stay float32, and each off-ramp reads its states cast to
+float32, so the exit rule's uncertainties are computed in float32.
+"""
+from dataclasses import dataclass
+from pathlib import Path
+from typing import FrozenSet, Optional
+
+import torch
+from torch import nn
+
+#: the precisions an encoder's weights can be in and run in
+PRECISIONS = ("float32", "bfloat16", "int8")
+#: what a config may ask for: one of PRECISIONS, or "auto" (see resolve_precision)
+CONFIG_PRECISIONS = PRECISIONS + ("auto",)
+
+
+@dataclass(frozen=True)
+class CpuFeatures:
+    """The processor features that decide the fast precision.
+
+    amx: AMX tile units (bfloat16 and int8 matrix products).
+    avx512_bf16: AVX-512 bfloat16 dot products (no faster than float32
+        products without AMX).
+    vnni: AVX-512 or AVX VNNI (int8 dot products).
+    """
+
+    amx: bool = False
+    avx512_bf16: bool = False
+    vnni: bool = False
+
+    def describe(self) -> str:
+        present = [name for name in ("amx", "avx512_bf16", "vnni") if getattr(self, name)]
+        return ", ".join(present) or "none of amx, avx512_bf16, vnni"
+
+
+def features_from_flags(flags: FrozenSet[str]) -> CpuFeatures:
+    """CpuFeatures from /proc/cpuinfo-style flag names."""
+    return CpuFeatures(
+        amx=bool({"amx_bf16", "amx_tile"} & flags),
+        avx512_bf16="avx512_bf16" in flags,
+        vnni=bool({"avx512_vnni", "avx_vnni"} & flags),
+    )
+
+
+def read_cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> FrozenSet[str]:
+    """The flags of the first processor in `cpuinfo` (empty where unreadable)."""
+    try:
+        text = cpuinfo.read_text(encoding="utf8", errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def cpu_features() -> CpuFeatures:
+    """This processor's features, as torch reports them (torch.cpu), else
+    from the OS (/proc/cpuinfo)."""
+    probes = {
+        "amx": "_is_amx_tile_supported",
+        "avx512_bf16": "_is_avx512_bf16_supported",
+        "vnni": "_is_vnni_supported",
+    }
+    found = {}
+    for name, probe in probes.items():
+        check = getattr(torch.cpu, probe, None)
+        if check is None:
+            return features_from_flags(read_cpu_flags())
+        found[name] = bool(check())
+    return CpuFeatures(**found)
+
+
+def check_precision(precision: str, allowed=CONFIG_PRECISIONS) -> None:
+    if precision not in allowed:
+        raise ValueError(f"precision must be one of {', '.join(allowed)}; got {precision!r}")
+
+
+def resolve_precision(
+    configured: str,
+    saved: str,
+    *,
+    device_type: str = "cpu",
+    features: Optional[CpuFeatures] = None,
+    cuda_bf16: bool = False,
+) -> str:
+    """The precision to run weights saved in `saved` when the config asks
+    for `configured`; raises ValueError for what cannot run.
+
+    device_type: "cpu" or "cuda"; features: the CPU's (default: this one's);
+    cuda_bf16: whether the CUDA device supports bfloat16.
+    """
+    check_precision(configured)
+    check_precision(saved, PRECISIONS)
+    if configured == "auto":
+        if saved == "int8":
+            return "int8"
+        if device_type == "cuda":
+            return "bfloat16" if cuda_bf16 else "float32"
+        features = cpu_features() if features is None else features
+        return "bfloat16" if features.amx else "float32"
+    if configured == "int8" and saved != "int8":
+        raise ValueError(
+            f"the config asks for precision \"int8\" but the saved weights are {saved}: make int8 "
+            "pipelines with `python -m spacy_earlyexit quantize`, which also sets the config"
+        )
+    if saved == "int8" and configured != "int8":
+        raise ValueError(
+            f"the saved weights are int8 but the config asks for precision {configured!r}: set "
+            "precision = \"int8\" (or \"auto\") in the component's model config, as `quantize` writes it"
+        )
+    return configured
+
+
+def slow_on_this_cpu(precision: str, features: Optional[CpuFeatures] = None) -> bool:
+    """Whether `precision` runs slower than float32 on this CPU: bfloat16
+    without AMX."""
+    if precision != "bfloat16":
+        return False
+    return not (cpu_features() if features is None else features).amx
+
+
+def set_transformer_dtype(transformer: nn.Module, dtype: torch.dtype) -> None:
+    """Cast the transformer's floating parameters and buffers to `dtype`, in place."""
+    transformer.to(dtype)
+
+
+def transformer_precision(transformer: nn.Module) -> str:
+    """"bfloat16" when the transformer's floating parameters are bfloat16, else "float32"."""
+    for param in transformer.parameters():
+        if param.is_floating_point():
+            return "bfloat16" if param.dtype == torch.bfloat16 else "float32"
+    return "float32"
