@@ -41,7 +41,7 @@ def evaluate_cli(
     ctx: typer.Context,
     pipeline: Path = Arg(..., help="a trained pipeline (folder)"),
     data: Path = Arg(..., help="a .spacy corpus with gold annotation"),
-    output: Optional[Path] = Opt(None, "--output", "-o", help="also write the scores and timings as JSON here"),
+    output: Optional[Path] = Opt(None, "--output", "-o", show_default="not written", help="also write the scores and timings as JSON here"),
     repetitions: int = Opt(3, "--repetitions", min=0, help="interleaved timing repetitions (0: no timing)"),
     batch_size: int = Opt(256, "--batch-size", min=1, help="docs per nlp.pipe batch"),
     limit: int = Opt(0, "--limit", min=0, help="first N docs of DATA only (0: all)"),

@@ -1,11 +1,14 @@
 """`sweep`: exit mode x threshold x window (x schedule, entity rule, depth
 cap) on a dev set, for one or more trained pipelines."""
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Iterable, List, Optional
 
 from ._util import (
     Opt, app, existing_file, fail, floats, ints, load_pipeline, named_paths, set_threads, use_gpu, words,
 )
+
+#: --entity-margins meaning "the task's default" (see default_entity_margins)
+TASK_DEFAULT = "auto"
 
 
 @app.command("sweep")
@@ -22,9 +25,11 @@ def sweep_cli(
     later_factors: str = Opt("1", "--later-factors",
                              help="threshold schedules: f = x f for layers 2 and up, a/b = x a at layer 2 and "
                                   "x b from layer 3 on (1: one threshold; e.g. 1,4,4/16)"),
-    entity_margins: str = Opt("off", "--entity-margins",
+    entity_margins: str = Opt(TASK_DEFAULT, "--entity-margins",
                               help="token mode: 'off' plain TOKEE, m the entity rule (entity_exit) with margin m; "
-                                   "e.g. off,1 compares both (NER pipelines only)"),
+                                   "e.g. off,1 compares both (NER pipelines only). 'auto' (or ''): the task's "
+                                   "default, off,1 for pipelines whose task has entities (NER), off for the others "
+                                   "(pipelines swept together share one task)"),
     entity_scales: Optional[str] = Opt(None, "--entity-scales", show_default="1",
                                        help="entity_threshold_scale values of the entity rule, e.g. 1,0.5 "
                                             "(needs a numeric --entity-margins)"),
@@ -44,13 +49,21 @@ def sweep_cli(
                           help="interleave the settings on slices of N docs (0: one batch)"),
     threads: int = Opt(0, "--threads", min=0, help="torch threads (0: torch's default)"),
     gpu_id: int = Opt(-1, "--gpu-id", "-g", help="GPU to run on (-1: CPU)"),
+    bootstrap: int = Opt(1000, "--bootstrap", min=0,
+                         help="resamples of the dev docs for each setting's loss interval against exit mode off "
+                              "(paired bootstrap; 0: no intervals)"),
+    seed: int = Opt(0, "--seed", help="seed of the bootstrap's resamples"),
     no_progress: bool = Opt(False, "--no-progress", help="no progress bar"),
 ) -> None:
     """Score and time exit settings on a dev set.
 
     Exit mode x threshold x window (x threshold schedule, entity rule, depth cap)
     for every --pipeline; writes JSON, a markdown table and (with matplotlib) a PNG
-    plot. The whole grid is checked against every pipeline before any timing.
+    plot. Each setting's loss against exit mode off gets an interval from a
+    paired bootstrap over the dev docs (--bootstrap, --seed), which `choose
+    --max-loss` uses. NER pipelines sweep the entity rule beside plain TOKEE
+    unless --entity-margins says otherwise. The whole grid is checked against
+    every pipeline before any timing.
     """
     from ..tuning.grid import build_grid, parse_later_factors, parse_max_layers
     from ..tuning.sweep import markdown_table, per_type_table, run_sweep, write_results
@@ -66,7 +79,9 @@ def sweep_cli(
     if clashes:
         fail(f"--reference {clashes[0]!r} has the name of a --pipeline; give it another")
     _check_docbin(dev, "--dev")
-    entity_variants = _entity_variants(entity_margins, entity_scales)
+    task_default = entity_margins.strip() in (TASK_DEFAULT, "")
+    if not task_default:
+        _entity_variants(entity_margins, entity_scales)  # a mistake in the flags fails before any loading
     modes = words(exit_modes, "--exit-modes")
     threshold_values = floats(thresholds, "--thresholds")
     window_values = ints(windows, "--windows")
@@ -77,6 +92,9 @@ def sweep_cli(
     use_gpu(gpu_id)
     pipelines = {name: load_pipeline(path, f"--pipeline {name}") for name, path in paths.items()}
     depths = {nlp.get_pipe("earlyexit_tagger").n_layers for nlp in pipelines.values()}
+    if task_default:
+        entity_margins = default_entity_margins(pipelines.values())
+    entity_variants = _entity_variants(entity_margins, entity_scales)
     try:
         grid = build_grid(
             modes, threshold_values, window_values, later_factors=factors,
@@ -90,11 +108,14 @@ def sweep_cli(
     result = run_sweep(  # checks the whole grid against every pipeline before timing anything
         pipelines, dev, grid, repetitions=repetitions, batch_size=batch_size, limit=limit, slice_docs=slice_docs,
         progress=not no_progress, references=loaded_references, reference_repetitions=reference_repetitions,
+        bootstrap=bootstrap, seed=seed,
     )
     result["models"] = {name: str(path) for name, path in paths.items()}
     written = write_results(result, output)
     print(f"\n{result['n_docs']} docs, {result['n_words']} words, {result['repetitions']} repetitions, "
-          f"torch threads {result['torch_threads']}\n")
+          f"torch threads {result['torch_threads']}"
+          + (f", loss intervals from {bootstrap} paired resamples of the dev docs (seed {seed})"
+             if result.get("bootstrap") else "") + "\n")
     print(markdown_table(result))
     types = per_type_table(result)
     if types:
@@ -102,6 +123,14 @@ def sweep_cli(
     print(f"\nwritten: {', '.join(str(p) for p in written.values())}")
     if "png" not in written:
         print(f"plot not drawn: matplotlib is not installed ({PLOT_INSTALL})")
+
+
+def default_entity_margins(pipelines: Iterable[Any]) -> str:
+    """The task default of --entity-margins: "off,1" (plain TOKEE and the
+    entity rule, margin 1) when every pipeline's task has entities, else
+    "off" (a sweep refuses pipelines of different tasks anyway)."""
+    tasks = [nlp.get_pipe("earlyexit_tagger").task for nlp in pipelines]
+    return "off,1" if tasks and all(task.has_entities for task in tasks) else "off"
 
 
 def _check_docbin(path: Path, flag: str) -> None:

@@ -31,6 +31,11 @@ with a pool of `workers` actors, each loading the pipeline once and annotating
 with `threads` torch threads, and writes their serialized results in input
 order.
 
+The local engine annotates each batch of `batch_size` docs inside
+`nlp.memory_zone()` and writes its docs out before the zone closes, so the
+strings a long run meets are freed batch by batch instead of piling up in
+the StringStore (docs/production.md). Output is the same with and without.
+
 The pipeline's saved exit settings are used unless `exit_overrides` (e.g.
 {"threshold": 0.2}) are given; they go to every `earlyexit_tagger` component
 through nlp.pipe's component_cfg, for this run only.
@@ -42,11 +47,12 @@ from typing import Any, Dict, Optional, Union
 import spacy
 import torch
 from spacy.language import Language
+from spacy.util import minibatch
 
 from .formats import PathLike, input_records
 from .job import (
-    FACTORY, AnnotateResult, check_paths, check_positive, component_cfg, label_attrs, progress_bar,
-    tagger_names, validate_overrides,
+    FACTORY, AnnotateResult, batch_memory_zone, check_paths, check_positive, component_cfg, label_attrs,
+    progress_bar, tagger_names, validate_overrides,
 )
 from .resume import CHECKPOINT_SECONDS, check_resumable, interrupted, open_output, stop_on_sigterm
 
@@ -141,21 +147,23 @@ def annotate_local(
             total, records = input_records(input_path, nlp.vocab, writer.start_docs, writer.input_offset,
                                            writer.input_line)
             with progress_bar(total, progress, "local", initial=writer.start_docs) as bar:
-                annotated = nlp.pipe(records, as_tuples=True, batch_size=batch_size,
-                                     component_cfg=component_cfg(names, overrides))
-                in_batch, last_checkpoint = 0, time.monotonic()
-                for doc, (meta, input_offset, input_line) in annotated:
-                    writer.add(doc, meta, input_offset, input_line)
-                    bar.update(1)
-                    if stop:
+                last_checkpoint = time.monotonic()
+                # records are read outside the zone (a .spacy input's strings
+                # stay); each batch is annotated AND written inside its zone
+                for batch in minibatch(records, size=batch_size):
+                    with batch_memory_zone(nlp):
+                        annotated = nlp.pipe(batch, as_tuples=True, batch_size=batch_size,
+                                             component_cfg=component_cfg(names, overrides))
+                        for doc, (meta, input_offset, input_line) in annotated:
+                            writer.add(doc, meta, input_offset, input_line)
+                            bar.update(1)
+                            if stop:
+                                writer.checkpoint()
+                                raise interrupted(stop.name, writer)
+                    # a full batch is written (the last, short one is committed)
+                    if len(batch) == batch_size and time.monotonic() - last_checkpoint >= checkpoint_seconds:
                         writer.checkpoint()
-                        raise interrupted(stop.name, writer)
-                    in_batch += 1
-                    if in_batch == batch_size:  # nlp.pipe's batch is written
-                        in_batch = 0
-                        if time.monotonic() - last_checkpoint >= checkpoint_seconds:
-                            writer.checkpoint()
-                            last_checkpoint = time.monotonic()
+                        last_checkpoint = time.monotonic()
     finally:
         torch.set_num_threads(previous_threads)
     return AnnotateResult("local", writer.n_docs, writer.n_tokens, time.perf_counter() - start, output_path,

@@ -1,9 +1,10 @@
 """What both annotation engines share: the result record, the pipeline's
 early-exit components, per-run settings and checks of the paths."""
 import sys
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, ContextManager, Dict, List, Optional, Sequence, Tuple
 
 from spacy.language import Language
 from spacy.util import load_config
@@ -39,6 +40,15 @@ def label_attrs(nlp: Language) -> Tuple[str, ...]:
                 attrs.append(attr)
     return tuple(attrs)
 
+
+
+def batch_memory_zone(nlp: Language) -> ContextManager[Any]:
+    """`nlp.memory_zone()` for one batch: the strings, lexemes and tokenizer
+    cache entries its docs add are freed when it closes, so a long run's
+    StringStore stays the size of one batch's. Docs made inside must be
+    written out inside. No zone (a null context) when the caller already runs
+    `nlp` in one: spaCy's zones must not be nested."""
+    return nullcontext() if nlp.vocab.in_memory_zone else nlp.memory_zone()
 
 
 def tagger_names(nlp: Language) -> List[str]:

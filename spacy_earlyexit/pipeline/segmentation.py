@@ -42,6 +42,7 @@ from spacy.tokens import Doc
 from spacy.training import Example
 from spacy.util import get_words_and_spaces
 
+from .extensions import get_exit_layers, has_exit_layers, set_exit_layers
 from .tasks import Task, register_task
 
 SEGMENT_CLASSES: Tuple[str, ...] = ("B", "M", "E", "S")
@@ -113,26 +114,23 @@ def character_doc(doc: Doc) -> Doc:
 def merge_words(doc: Doc, words: Sequence[Tuple[int, int]]) -> None:
     """Merge each multi-token word (start, end) into one token, in place.
 
-    The merged token's `_.exit_layer` is the maximum of its tokens' (left
-    unset if none has one); the values the inner tokens left in
-    doc.user_data (keyed by their character offsets) are removed.
+    words: (start, end) token offsets, not overlapping (one-token words are
+    left as they are). The merged token's `_.exit_layer` is the maximum of its
+    tokens' (left unset if none has one); the doc's stored exit layers
+    (extensions.EXIT_LAYERS_KEY, one value per token) are rewritten for the
+    merged tokens, so they stay one per token. Values of other token
+    extensions that the inner tokens left in doc.user_data (keyed by their
+    character offsets) are removed.
     """
-    inner_offsets: Set[int] = set()
-    merges = []
-    for start, end in words:
-        if end - start < 2:
-            continue
-        span = doc[start:end]
-        layers = [t._.exit_layer for t in span if t._.exit_layer is not None]
-        attrs: Dict[str, Dict[str, int]] = {"_": {"exit_layer": max(layers)}} if layers else {}
-        merges.append((span, attrs))
-        inner_offsets.update(t.idx for t in span[1:])
+    merges = sorted((start, end) for start, end in words if end - start >= 2)
     if not merges:
         return
+    layers = get_exit_layers(doc) if has_exit_layers(doc) else None
+    inner_offsets: Set[int] = {token.idx for start, end in merges for token in doc[start + 1:end]}
     with doc.retokenize() as retokenizer:
-        for span, attrs in merges:
-            retokenizer.merge(span, attrs=attrs)
-    # token extension values live in user_data under ("._.", name, offset, None)
+        for start, end in merges:
+            retokenizer.merge(doc[start:end])
+    # other token extensions' values live in user_data under ("._.", name, offset, None)
     stale = [
         key for key in doc.user_data
         if isinstance(key, tuple) and len(key) == 4 and key[0] == "._."
@@ -140,6 +138,17 @@ def merge_words(doc: Doc, words: Sequence[Tuple[int, int]]) -> None:
     ]
     for key in stale:
         del doc.user_data[key]
+    if layers is None:
+        return
+    merged: List[Optional[int]] = []
+    position = 0
+    for start, end in merges:
+        merged.extend(layers[position:start])
+        inside = [layer for layer in layers[start:end] if layer is not None]
+        merged.append(max(inside) if inside else None)
+        position = end
+    merged.extend(layers[position:])
+    set_exit_layers(doc, merged)
 
 
 class SegmentTask(Task):

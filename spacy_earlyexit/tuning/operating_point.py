@@ -3,13 +3,22 @@
 The selection functions are pure: they take the sweep's rows (dicts with
 "model", "setting", "score" and the speed-up columns; see sweep.run_sweep)
 and return one row, or None when no row qualifies.
+
+A loss budget has two rules. "point": the fastest row whose dev loss is
+within the budget; a dev set is one sample of documents, so the row that
+just makes it on dev often loses more on unseen data. "confident" (the
+default of `choose --max-loss`): the fastest row whose one-sided upper bound
+of the loss (paired bootstrap over the dev documents, bootstrap.py) at the
+given confidence is within the budget.
 """
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import spacy
 from spacy.language import Language
 
+from .bootstrap import upper_bound
 from .grid import is_baseline
 
 SPEEDUP_KEYS = ("flops_speedup", "wall_speedup")
@@ -17,6 +26,9 @@ COMPONENT = "earlyexit_tagger"
 # model="any": every pipeline of the sweep competes (e.g. stage 1 against stage 2,
 # whichever scores better at the target); a pipeline really named "any" is taken by name
 ANY_MODEL = "any"
+#: the rules of a loss budget (see the module docstring); the first is the default
+LOSS_RULES = ("confident", "point")
+DEFAULT_CONFIDENCE = 0.9
 
 Row = Mapping[str, Any]
 
@@ -89,6 +101,97 @@ def pick_within_loss(
     if not candidates:
         return None
     return max(candidates, key=lambda row: (row[speedup_key], row["score"]))
+
+
+@dataclass(frozen=True)
+class Bounded:
+    """A row with its upper bound of the loss at the rule's confidence (score
+    units; with model="any" counted from the best full-depth score)."""
+
+    row: Row
+    bound: float
+
+
+@dataclass(frozen=True)
+class ConfidentChoice:
+    """What the confident rule found.
+
+    chosen: the fastest row whose bound is within the budget (None: none is);
+    runner_up: the next-fastest row that also qualifies;
+    faster_failing: the next faster row than the chosen one (the slowest of
+        those faster), which does not qualify: its bound is above the budget
+        (often the row a rule on the dev loss alone would pick);
+    closest: when none qualifies, the row with the smallest bound.
+    """
+
+    chosen: Optional[Bounded]
+    runner_up: Optional[Bounded]
+    faster_failing: Optional[Bounded]
+    closest: Optional[Bounded]
+
+
+class NoIntervalsError(ValueError):
+    """The sweep has no loss intervals (written before they existed, or with
+    the bootstrap off): the confident rule cannot be applied."""
+
+
+def bounded_rows(
+    rows: Sequence[Row],
+    *,
+    confidence: float = DEFAULT_CONFIDENCE,
+    speedup_key: str = "flops_speedup",
+    model: Optional[str] = None,
+) -> List[Bounded]:
+    """The candidate rows of the confident rule with their upper bound of the
+    loss at `confidence`: every scored row with a speed-up and a loss record
+    except exit mode "off" at full depth itself (the reference, whose loss is
+    0 by definition). With model="any" a row's bound, measured against its
+    own pipeline's "off", is raised by how far that "off" scores below the
+    best one. Raises NoIntervalsError when no row has a loss record,
+    ValueError for a confidence the sweep did not record."""
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be between 0 and 1; got {confidence}")
+    candidates = _rows_of(rows, model, speedup_key)
+    if not any(row.get("loss") for row in candidates):
+        raise NoIntervalsError(
+            "the sweep has no loss intervals (written before they were recorded, or with --bootstrap 0)"
+        )
+    best = baseline_score(rows, model)
+    own_off = {row["model"]: float(row["score"]) for row in candidates if is_baseline(row["setting"])}
+    bounded = []
+    for row in candidates:
+        bound = upper_bound(row.get("loss"), confidence)
+        if bound is None or is_baseline(row["setting"]) or row["model"] not in own_off:
+            continue
+        bounded.append(Bounded(row, bound + (best - own_off[row["model"]])))
+    return bounded
+
+
+def pick_confident(
+    rows: Sequence[Row],
+    max_loss: float,
+    *,
+    confidence: float = DEFAULT_CONFIDENCE,
+    speedup_key: str = "flops_speedup",
+    model: Optional[str] = None,
+) -> ConfidentChoice:
+    """The fastest row whose upper bound of the loss at `confidence` is at
+    most `max_loss` (ties: the smaller bound), with the runner-up and the
+    next faster row, which fails, or, when none qualifies, the closest row
+    (see ConfidentChoice). max_loss is in the score's units (0.01: one point)."""
+    if max_loss < 0:
+        raise ValueError(f"max_loss must be >= 0; got {max_loss}")
+    bounded = bounded_rows(rows, confidence=confidence, speedup_key=speedup_key, model=model)
+    ranked = sorted(bounded, key=lambda item: (-item.row[speedup_key], item.bound))
+    qualifying = [item for item in ranked if item.bound <= max_loss + 1e-12]
+    if not qualifying:
+        closest = min(bounded, key=lambda item: (item.bound, -item.row[speedup_key])) if bounded else None
+        return ConfidentChoice(None, None, None, closest)
+    chosen = qualifying[0]
+    passed = {id(item) for item in qualifying}
+    faster = [item for item in ranked if item.row[speedup_key] > chosen.row[speedup_key] and id(item) not in passed]
+    return ConfidentChoice(chosen, qualifying[1] if len(qualifying) > 1 else None,
+                           faster[-1] if faster else None, None)
 
 
 def exit_changes(row: Row) -> Dict[str, Any]:

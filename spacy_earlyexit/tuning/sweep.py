@@ -4,7 +4,9 @@ on a dev set.
 For every trained pipeline given (e.g. stage 1 and stage 2) and every setting
 of the grid: the task's headline score, mean exit layer, analytic FLOPs
 speed-up, measured words/s of nlp.pipe and the wall-clock speed-up over the
-same pipeline with exit mode "off". All settings run in one process,
+same pipeline with exit mode "off" (with the spread of its per-repetition
+ratios), and the loss against "off" with a paired bootstrap interval over the
+dev documents (bootstrap.py). All settings run in one process,
 interleaved on slices of docs, and the timings are medians over the
 repetitions (timing.py). Other pipelines (e.g. plain spacy-transformers, a
 CNN pipeline) can be timed alongside as references. Results are written as
@@ -12,6 +14,7 @@ JSON, a markdown table and (with matplotlib, the "plot" extra) a PNG plot of
 score against speed-up.
 """
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
@@ -22,13 +25,16 @@ from spacy.tokens import Doc, DocBin
 from spacy.training import Example
 from tqdm import tqdm
 
+from .bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, INTERVAL, UPPER_LEVELS, loss_summary, resample_weights
 from .check import check_grid
+from .doc_counts import counter_for, document_counts, fscore
 from .grid import (  # noqa: F401 (re-exported)
     build_grid, dial_series, entity_label, is_baseline, parse_later_factors, parse_max_layers, schedule_label,
     setting_name,
 )
 from .timing import (  # noqa: F401 (re-exported)
-    COMPONENT, Contestant, doc_slices, fresh_docs, paired_speedup, time_interleaved, time_pipe, words_per_second,
+    COMPONENT, Contestant, doc_slices, fresh_docs, paired_ratios, paired_speedup, time_interleaved, time_pipe,
+    words_per_second,
 )
 
 
@@ -44,6 +50,8 @@ def run_sweep(
     progress: bool = True,
     references: Optional[Mapping[str, Language]] = None,
     reference_repetitions: Optional[int] = None,
+    bootstrap: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
 ) -> Dict[str, Any]:
     """Score and time every setting of `grid` on every pipeline.
 
@@ -60,12 +68,21 @@ def run_sweep(
     references: other pipelines (name -> Language) timed alongside on the
         same docs, for throughput only (rows with setting None); only in the
         first reference_repetitions repetitions when given.
+    bootstrap, seed: resamples of the dev documents for each row's loss
+        interval, and the seed that draws them (bootstrap 0: no intervals;
+        see bootstrap.py).
     Returns a JSON-friendly dict; its "rows" hold, per pipeline and setting:
     model, name, setting (with max_layer), score, per_type (NER: entity
     type -> F, so that one sees which types early exit hurts),
     exit_layer_mean, flops_speedup, seconds (per repetition),
-    words_per_second and wall_speedup.
+    words_per_second, wall_speedup (median of the per-repetition paired
+    ratios), wall_speedup_ratios (those ratios), wall_speedup_range ([min,
+    max] of them) and, with the bootstrap, loss (bootstrap.loss_summary:
+    point, mean, low, high, interval, upper, resamples, seed). The top-level
+    "bootstrap" says how the intervals were drawn (None: none were).
     """
+    if bootstrap < 0:
+        raise ValueError(f"bootstrap must be >= 0 resamples; got {bootstrap}")
     loaded: Dict[str, Language] = {}
     gold: Dict[str, List[Doc]] = {}
     score_key: Optional[str] = None
@@ -136,6 +153,7 @@ def run_sweep(
             contestants, len(first), repetitions=repetitions, slice_docs=slice_docs or batch_size,
             after_run=lambda contestant: bar.update(1),
         )
+    counts: Dict[int, Any] = {}  # id(row) -> [D, 3] per-document counts of the headline score
     for row, contestant in zip(rows, contestants):
         row["seconds"] = seconds[contestant.name]
         if row["setting"] is None:  # a reference pipeline: scored by the task's scorer, if it can be
@@ -149,6 +167,8 @@ def run_sweep(
         examples = [Example(doc, ref) for doc, ref in zip(annotated[id(row)], gold[row["model"]])]
         scores = loaded[row["model"]].get_pipe(COMPONENT).score(examples)
         row["score"] = scores.get(score_key)
+        if bootstrap and row["score"] is not None and score_key and counter_for(score_key) is not None:
+            counts[id(row)] = document_counts(examples, score_key)
         per_type = per_type_scores(scores)
         if per_type is not None:
             row["per_type"] = per_type
@@ -161,6 +181,10 @@ def run_sweep(
         row["words_per_second"] = words_per_second(n_words, row["seconds"])
         baseline = base.get(row["model"], first_base if row["setting"] is None else None)
         row["wall_speedup"] = paired_speedup(baseline[: len(row["seconds"])], row["seconds"]) if baseline else None
+        ratios = paired_ratios(baseline[: len(row["seconds"])], row["seconds"]) if baseline else []
+        row["wall_speedup_ratios"] = ratios
+        row["wall_speedup_range"] = [min(ratios), max(ratios)] if ratios else None
+    drawn = add_loss_intervals(rows, off, counts, n_docs=len(first), resamples=bootstrap, seed=seed)
     return {
         "dev": str(dev_path),
         "n_docs": len(first),
@@ -170,9 +194,48 @@ def run_sweep(
         "slice_docs": slice_docs or batch_size,
         "torch_threads": torch.get_num_threads(),
         "score_key": score_key,
+        "bootstrap": {"resamples": bootstrap, "seed": seed, "interval": INTERVAL, "upper_levels": list(UPPER_LEVELS)}
+        if drawn else None,
         "models": {name: str(p) if not isinstance(p, Language) else name for name, p in pipelines.items()},
         "rows": rows,
     }
+
+
+def add_loss_intervals(
+    rows: Sequence[Dict[str, Any]],
+    off_rows: Sequence[Mapping[str, Any]],
+    counts: Mapping[int, Any],
+    *,
+    n_docs: int,
+    resamples: int,
+    seed: int,
+) -> bool:
+    """Give every row with per-document counts a "loss" record against the
+    "off" row of its pipeline (bootstrap.loss_summary), all rows on the same
+    resamples. Rows whose counts do not give their own score back exactly
+    (a scorer this package cannot decompose) get none, with a warning.
+    Returns whether any row got one."""
+    if not resamples or not counts:
+        return False
+    exact = {}
+    for row in rows:
+        own = counts.get(id(row))
+        if own is None:
+            continue
+        if float(fscore(own.sum(0))) != row["score"]:
+            warnings.warn(f"{row['model']} {row['name']}: the per-document counts do not give the score "
+                          f"{row['score']!r} back; no loss interval for it", UserWarning, stacklevel=2)
+            continue
+        exact[id(row)] = own
+    weights = resample_weights(n_docs, resamples, seed)
+    off_counts = {row["model"]: exact.get(id(row)) for row in off_rows}
+    drawn = False
+    for row in rows:
+        own, base = exact.get(id(row)), off_counts.get(row["model"])
+        if own is not None and base is not None:
+            row["loss"] = loss_summary(base, own, weights, seed=seed)
+            drawn = True
+    return drawn
 
 
 def per_type_scores(scores: Mapping[str, Any]) -> Optional[Dict[str, float]]:
@@ -219,30 +282,61 @@ def markdown_table(result: Mapping[str, Any]) -> str:
     """The sweep as a markdown table (scores in points, Δ against "off" at
     full depth of the same pipeline; "E1" after the window: the entity rule,
     margin 1). A sweep with depth caps gets a "max layer" column (the cap,
-    "all" without one); one without caps has the table it always had."""
+    "all" without one); one without caps has the table it always had.
+
+    A sweep with bootstrap intervals gets two more columns: the loss against
+    "off" as its central interval over resamples of the dev docs ("[0.12,
+    0.61]", points) and its one-sided 90% upper bound. The wall speed-up
+    shows the range of its per-repetition ratios ("2.10x (1.95-2.20)")."""
     key = result["score_key"]
     off = {r["model"]: r.get("score") for r in result["rows"] if is_baseline(r["setting"])}
     capped = any((r["setting"] or {}).get("max_layer") is not None for r in result["rows"])
+    intervals = any(r.get("loss") for r in result["rows"])
     cap_header = " max layer |" if capped else ""
+    loss_header = f" loss {_percent((1 - INTERVAL) / 2)}-{_percent(1 - (1 - INTERVAL) / 2)} | loss ≤ (90%) |" \
+        if intervals else ""
     lines = [
-        f"| model | mode | threshold | window | later x |{cap_header} {key} | Δ vs off | mean exit layer "
+        f"| model | mode | threshold | window | later x |{cap_header} {key} | Δ vs off |{loss_header} mean exit layer "
         "| FLOPs speed-up | words/s | wall speed-up | wall / FLOPs |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if capped else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if capped else "") + ("---|---|" if intervals else ""),
     ]
     for row in result["rows"]:
         setting, score = row["setting"] or {"exit_mode": "–"}, row.get("score")
         base = off.get(row["model"])
         delta = (score - base) * 100 if score is not None and base is not None else None
         cap_cell = f" {_max_layer(row['setting'])} |" if capped else ""
+        loss_cells = _loss_cells(row.get("loss")) if intervals else ""
         lines.append(
             f"| {row['model']} | {setting['exit_mode']} | {_fmt(setting.get('threshold'), '{:g}')} "
             f"| {_fmt(setting.get('window'), '{}')}{entity_label(setting)} | {_later(setting)} "
             f"|{cap_cell} {_fmt(None if score is None else score * 100, '{:.2f}')} "
-            f"| {_fmt(delta, '{:+.2f}')} | {_fmt(row.get('exit_layer_mean'), '{:.2f}')} "
+            f"| {_fmt(delta, '{:+.2f}')} |{loss_cells} {_fmt(row.get('exit_layer_mean'), '{:.2f}')} "
             f"| {_fmt(row.get('flops_speedup'), '{:.2f}x')} | {_fmt(row.get('words_per_second'), '{:.0f}')} "
-            f"| {_fmt(row.get('wall_speedup'), '{:.2f}x')} | {_fmt(_ratio(row), '{:.2f}')} |"
+            f"| {_wall(row)} | {_fmt(_ratio(row), '{:.2f}')} |"
         )
     return "\n".join(lines)
+
+
+def _percent(fraction: float) -> str:
+    return f"{fraction * 100:g}%"
+
+
+def _loss_cells(loss: Optional[Mapping[str, Any]]) -> str:
+    """The loss interval and 90% upper bound cells (points), "–" without."""
+    if not loss:
+        return " – | – |"
+    bound = (loss.get("upper") or {}).get("0.9")
+    return f" [{loss['low'] * 100:.2f}, {loss['high'] * 100:.2f}] | {_fmt(None if bound is None else bound * 100, '{:.2f}')} |"
+
+
+def _wall(row: Mapping[str, Any]) -> str:
+    """The wall speed-up cell: the median paired ratio, and the range of the
+    per-repetition ratios when there are several."""
+    cell = _fmt(row.get("wall_speedup"), "{:.2f}x")
+    spread = row.get("wall_speedup_range")
+    if row.get("wall_speedup") is not None and spread and len(row.get("wall_speedup_ratios") or ()) > 1:
+        cell += f" ({spread[0]:.2f}-{spread[1]:.2f})"
+    return cell
 
 
 def _max_layer(setting: Optional[Mapping[str, Any]]) -> str:

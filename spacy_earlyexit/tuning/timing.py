@@ -38,10 +38,17 @@ def paired_speedup(base_seconds: Sequence[float], seconds: Sequence[float]) -> O
     drifts of the machine's speed (other jobs, memory state) that a ratio of
     the two medians keeps. base_seconds, seconds: [R] per repetition.
     """
+    ratios = paired_ratios(base_seconds, seconds)
+    return statistics.median(ratios) if ratios else None
+
+
+def paired_ratios(base_seconds: Sequence[float], seconds: Sequence[float]) -> List[float]:
+    """baseline seconds / seconds of every repetition (the spread behind
+    paired_speedup; repetitions with no time are left out).
+    base_seconds, seconds: [R] per repetition."""
     if len(base_seconds) != len(seconds):
         raise ValueError(f"{len(base_seconds)} baseline timings against {len(seconds)}")
-    ratios = [base / own for base, own in zip(base_seconds, seconds) if own > 0]
-    return statistics.median(ratios) if ratios else None
+    return [base / own for base, own in zip(base_seconds, seconds) if own > 0]
 
 
 def doc_slices(n_docs: int, slice_docs: int) -> List[slice]:

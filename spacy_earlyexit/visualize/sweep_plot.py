@@ -1,6 +1,7 @@
 """The sweep as a picture: score against speed-up, one colour per pipeline,
 one marker and line style per dial curve (exit mode, window, threshold
-schedule, depth cap: "≤L8"), the Pareto frontier of every pipeline, the chosen operating point
+schedule, depth cap: "≤L8"), the bootstrap interval of each setting's loss as an error bar,
+the Pareto frontier of every pipeline, the chosen operating point
 and another pipeline for reference.
 
     from spacy_earlyexit.visualize import plot_sweep
@@ -11,7 +12,7 @@ and another pipeline for reference.
 matplotlib (the "plot" extra) is imported only when plot_sweep is called.
 """
 from pathlib import Path
-from typing import Any, List, Mapping, Optional, Sequence, Union
+from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..tuning.grid import dial_series, is_baseline
 
@@ -110,10 +111,36 @@ def _draw_model(axis, rows: Sequence[Row], key: str, colour, styles: Mapping[str
         marker, line = styles[label]
         _points(axis, members, key, linestyle=line, marker=marker, markersize=4.5, linewidth=1.1,
                 color=colour, alpha=0.75)
+    _draw_intervals(axis, rows, key, colour)
     front = sorted(pareto_front(rows, key), key=lambda row: row[key])
     _points(axis, front, key, linewidth=6, color=colour, alpha=0.2, solid_capstyle="round", zorder=1)
     _points(axis, front, key, linestyle="none", marker="o", markersize=10, markerfacecolor="none",
             markeredgecolor=colour, markeredgewidth=1.6, zorder=3)
+
+
+def loss_error_bars(row: Row) -> Optional[Tuple[float, float]]:
+    """(below, above) in points: the row's score interval from its bootstrap
+    loss interval against "off" (the setting scores off - loss, so the
+    interval [low, high] of the loss puts its score between point - (high -
+    point loss) and point + (point loss - low)); None without a loss record."""
+    loss = row.get("loss")
+    if not loss or row.get("score") is None:
+        return None
+    return max(0.0, loss["high"] - loss["point"]) * 100, max(0.0, loss["point"] - loss["low"]) * 100
+
+
+def _draw_intervals(axis, rows: Sequence[Row], key: str, colour) -> None:
+    """Error bars: each setting's bootstrap interval of its loss against "off"."""
+    bars: List[Tuple[Row, Tuple[float, float]]] = []
+    for row in rows:
+        bar = loss_error_bars(row)
+        if bar is not None and row.get(key) is not None and not is_baseline(row["setting"]):
+            bars.append((row, bar))
+    if not bars:
+        return
+    axis.errorbar([row[key] for row, _ in bars], [row["score"] * 100 for row, _ in bars],
+                  yerr=[[bar[0] for _, bar in bars], [bar[1] for _, bar in bars]], fmt="none",
+                  ecolor=colour, elinewidth=0.8, capsize=2, alpha=0.45, zorder=2)
 
 
 def _draw_chosen(axis, row: Row, key: str) -> None:

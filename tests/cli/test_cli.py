@@ -140,7 +140,9 @@ def test_sweep_mistakes(tmp_path):
     assert_one_line_error(base + ["--later-factors", "4/x"], "--later-factors")
     assert_one_line_error(base + ["--max-layers", "0"], "--max-layers")
     assert_one_line_error(base + ["--repetitions", "abc"], "--repetitions")
-    assert_one_line_error(base + ["--entity-scales", "0.5"], "--entity-scales does nothing without")
+    assert_one_line_error(base + ["--entity-margins", "off", "--entity-scales", "0.5"],
+                          "--entity-scales does nothing without")
+    assert_one_line_error(base + ["--bootstrap", "-1"], "--bootstrap")
     assert_one_line_error(base + ["--reference-repetitions", "1"], "--reference-repetitions does nothing")
     assert_one_line_error(["sweep", "--dev", str(dev)], "--pipeline")  # required
     # a file that is not a DocBin, and a folder that is not a pipeline: named, no traceback
@@ -257,6 +259,89 @@ def test_choose_in_place(pos_pipeline, tmp_path):
     sweep = sweep_json(tmp_path, copy)
     assert run(["choose", str(sweep), "--target-speedup", "2", "--in-place"]) == (0, "")
     assert spacy.load(copy).get_pipe("earlyexit_tagger").exit_settings.threshold == 0.3
+
+
+def loss_record(point: float, upper_90: float) -> dict:
+    """A row's loss against "off" as `sweep` records it (score units)."""
+    return {"point": point, "mean": point, "low": point - 0.002, "high": upper_90 + 0.001, "interval": 0.9,
+            "upper": {"0.8": upper_90 - 0.001, "0.9": upper_90, "0.95": upper_90 + 0.001,
+                      "0.975": upper_90 + 0.002, "0.99": upper_90 + 0.003},
+            "resamples": 1000, "seed": 0}
+
+
+def sweep_with_intervals(tmp_path: Path, pipeline: Path) -> Path:
+    """off; t=0.05 (loss 0.0025, 90% bound 0.0042, 2.4x); t=0.1 (loss 0.0035
+    but 90% bound 0.0062, 3.2x): within 0.005 on dev, not surely."""
+    def token(threshold, score, flops, loss):
+        return {"model": "stage1", "name": f"token t={threshold:g} k=1",
+                "setting": {"exit_mode": "token", "threshold": threshold, "window": 1, "max_layer": None},
+                "score": score, "flops_speedup": flops, "wall_speedup": flops * 0.8, "exit_layer_mean": 1.5,
+                "loss": loss}
+
+    rows = [
+        {"model": "stage1", "name": "off", "setting": {"exit_mode": "off", "max_layer": None}, "score": 0.9,
+         "flops_speedup": 1.0, "wall_speedup": 1.0, "exit_layer_mean": 3.0, "loss": loss_record(0.0, 0.0)},
+        token(0.05, 0.8975, 2.4, loss_record(0.0025, 0.0042)),
+        token(0.1, 0.8965, 3.2, loss_record(0.0035, 0.0062)),
+    ]
+    path = tmp_path / "sweep_intervals.json"
+    path.write_text(json.dumps({"score_key": "pos_acc", "n_docs": 50, "rows": rows,
+                                "bootstrap": {"resamples": 1000, "seed": 0, "interval": 0.9},
+                                "models": {"stage1": str(pipeline)}}))
+    return path
+
+
+def test_choose_max_loss_takes_the_setting_that_holds(pos_pipeline, tmp_path, capsys):
+    """--max-loss judges the loss's 90% upper bound by default: the faster
+    setting that is within the budget only on dev is turned down (and
+    named), --rule point takes it; the record says which rule and interval."""
+    import spacy
+
+    sweep = sweep_with_intervals(tmp_path, pos_pipeline)
+    record = tmp_path / "point.json"
+    assert run(["choose", str(sweep), "--max-loss", "0.005", "--output", str(tmp_path / "sure"),
+                "--record", str(record)]) == (0, "")
+    printed = capsys.readouterr().out
+    assert "rule: confident" in printed and "90% upper bound of the loss" in printed and "seed 0" in printed
+    assert "chosen: stage1 token t=0.05 k=1" in printed and "90% upper bound 0.0042" in printed
+    assert "runner-up: none" in printed
+    assert "faster but not sure enough: stage1 token t=0.1 k=1" in printed and "0.0062 is above 0.005" in printed
+    assert spacy.load(tmp_path / "sure").get_pipe("earlyexit_tagger").exit_settings.threshold == 0.05
+    saved = json.loads(record.read_text())
+    assert (saved["rule_name"], saved["confidence"], saved["loss_upper_bound"]) == ("confident", 0.9, 0.0042)
+    assert saved["loss"]["low"] == pytest.approx(0.0005) and saved["loss"]["resamples"] == 1000
+    assert run(["choose", str(sweep), "--max-loss", "0.005", "--rule", "point",
+                "--output", str(tmp_path / "risky"), "--record", str(record)]) == (0, "")
+    assert spacy.load(tmp_path / "risky").get_pipe("earlyexit_tagger").exit_settings.threshold == 0.1
+    assert json.loads(record.read_text())["rule_name"] == "point"
+
+
+def test_choose_refuses_a_budget_no_setting_meets_with_confidence(pos_pipeline, tmp_path):
+    sweep = sweep_with_intervals(tmp_path, pos_pipeline)
+    assert_one_line_error(["choose", str(sweep), "--max-loss", "0.004", "--output", str(tmp_path / "none")],
+                          "no setting is within a loss of 0.004 with 90% confidence",
+                          "closest: stage1 token t=0.05 k=1 with a 90% upper bound of 0.0042", "--rule point")
+    assert not (tmp_path / "none").exists()
+    assert_one_line_error(["choose", str(sweep), "--max-loss", "0.005", "--confidence", "0.85",
+                           "--output", str(tmp_path / "none")], "--confidence", "not 0.85")
+    assert_one_line_error(["choose", str(sweep), "--max-loss", "0.005", "--rule", "sure",
+                           "--output", str(tmp_path / "none")], "--rule must be confident or point")
+    assert_one_line_error(["choose", str(sweep), "--target-speedup", "2", "--rule", "point",
+                           "--output", str(tmp_path / "none")], "--rule", "--target-speedup")
+    assert not (tmp_path / "none").exists()
+
+
+def test_choose_an_old_sweep_without_intervals(pos_pipeline, tmp_path):
+    """A sweep written before the intervals: --rule point works as before,
+    the confident rule says what is missing."""
+    import spacy
+
+    sweep = sweep_json(tmp_path, pos_pipeline)  # no "loss" in its rows
+    assert_one_line_error(["choose", str(sweep), "--max-loss", "0.1", "--output", str(tmp_path / "c")],
+                          "no loss intervals", "--rule point")
+    assert not (tmp_path / "c").exists()
+    assert run(["choose", str(sweep), "--max-loss", "0.1", "--rule", "point", "--output", str(tmp_path / "c")]) == (0, "")
+    assert spacy.load(tmp_path / "c").get_pipe("earlyexit_tagger").exit_settings.threshold == 0.3
 
 
 def test_quantize_replaces_only_with_force(pos_pipeline, tmp_path):

