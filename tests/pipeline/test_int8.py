@@ -121,7 +121,7 @@ def test_training_an_int8_pipeline_is_refused(quantized):
 
 
 def test_quantizing_twice_is_refused(quantized):
-    with pytest.raises(ValueError, match="already runs in int8"):
+    with pytest.raises(ValueError, match="runs in int8: quantize a pipeline loaded in float32"):
         quantize_pipeline(spacy.load(quantized))
 
 
@@ -195,8 +195,8 @@ def test_precision_in_config_and_weights_must_agree(trained, quantized, tmp_path
     int8_under_float = tmp_path / "a"
     shutil.copytree(quantized, int8_under_float)
     (int8_under_float / "config.cfg").write_text(float_config)
-    assert "saved weights are 'int8'" in load_error(int8_under_float)
+    assert "saved weights are int8 but the config asks for precision 'float32'" in load_error(int8_under_float)
     float_under_int8 = tmp_path / "b"
     shutil.copytree(trained, float_under_int8)
     (float_under_int8 / "config.cfg").write_text(int8_config)
-    assert "saved weights are 'float32'" in load_error(float_under_int8)
+    assert 'asks for precision "int8" but the saved weights are float32' in load_error(float_under_int8)

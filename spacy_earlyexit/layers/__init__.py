@@ -1,0 +1,2 @@
+"""The thinc layer: spaCy docs to the torch EarlyExitEncoder and back
+(word pieces, span batches, token mapping, the PyTorch shim, loading)."""
