@@ -34,14 +34,19 @@ from .piece_split import PieceSplitter, check_piece_split, cut_points
 
 #: code points that str.isspace() calls whitespace (all below U+3001)
 WHITESPACE_CODE_POINTS = numpy.asarray([c for c in range(0x3001) if chr(c).isspace()], dtype="int64")
+#: [0x3002] bool, indexed by code point: whitespace; the last entry (False)
+#: stands for every code point above U+3000 (a table lookup, much cheaper
+#: than numpy.isin against the code points)
+IS_WHITESPACE = numpy.zeros(0x3002, dtype=bool)
+IS_WHITESPACE[WHITESPACE_CODE_POINTS] = True
 
 
 def whitespace_mask(texts: Sequence[str], separator_after_each: bool = True) -> numpy.ndarray:
     """[sum(len(text) + 1)] bool: which characters of `texts`, laid end to end
     with one extra (non-whitespace) position after each text, are whitespace."""
     joined = "\x00".join(texts) + ("\x00" if texts and separator_after_each else "")
-    codes = numpy.frombuffer(joined.encode("utf-32-le"), dtype="<u4").astype("int64")
-    return numpy.isin(codes, WHITESPACE_CODE_POINTS)
+    codes = numpy.frombuffer(joined.encode("utf-32-le"), dtype="<u4")
+    return IS_WHITESPACE[numpy.minimum(codes, len(IS_WHITESPACE) - 1)]
 
 
 def max_pieces_of(tokenizer, config) -> int:

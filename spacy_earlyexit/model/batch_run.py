@@ -69,6 +69,8 @@ class _BatchRun:
             forced_grid[batch.word_span, batch.word_slot] = forced_exit_layer
             rule = ForcedExit(forced_grid)
         self.rule = rule
+        #: the rule decides each word from its own uncertainty (_exits skips the grid)
+        self.own_word_rule = rule.reads_own_word_only
         self.entity_classes = None if entity_classes is None else entity_classes.to(device)
         # [S, slots] bool: each word's latest prediction is inside an entity
         self.entity = torch.zeros_like(self.word_grid) if rule.needs_entity else None
@@ -167,10 +169,17 @@ class _BatchRun:
         decision on the word grid).
 
         logits: [A, C] of the A active words (active_words: [A] long); the
-        uncertainty grid [S, slots] is updated for them first.
+        uncertainty grid [S, slots] is updated for them first (unless the
+        rule reads each word's own uncertainty only: then it decides on the
+        active words' uncertainties without the grid).
         """
         if self.rule.never_exits:
             return torch.zeros_like(self.word_active)
+        if self.own_word_rule:  # the grid's other words do not matter: no grid
+            exiting = torch.zeros_like(self.word_active)
+            uncertainty = normalized_entropy(logits.detach()).to(self.uncertainty.dtype)
+            exiting[active_words] = self.rule.word_exits(layer_index, uncertainty)
+            return exiting
         batch = self.batch
         spans, slots = batch.word_span[active_words], batch.word_slot[active_words]
         if self.rule.needs_uncertainty:

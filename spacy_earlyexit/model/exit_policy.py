@@ -124,6 +124,19 @@ class ExitRule:
     needs_entity: bool = False
     never_exits: bool = False
 
+    @property
+    def reads_own_word_only(self) -> bool:
+        """Whether a word's decision reads its own uncertainty and nothing
+        else (no window, no entity, one threshold for all spans): then
+        `word_exits` gives `exits` without the word grid."""
+        return False
+
+    def word_exits(self, layer_index: int, uncertainty: torch.Tensor) -> torch.Tensor:
+        """For rules that read a word's own uncertainty only: uncertainty
+        [A] float of the active words -> [A] bool, which of them exit (what
+        `exits` gives at their grid slots)."""
+        raise NotImplementedError
+
     def exits(
         self,
         layer_index: int,
@@ -193,6 +206,18 @@ class TokenExit(ExitRule):
     def exits(self, layer_index, uncertainty, active, words, entity=None):
         counted = words if self.window_includes_exited else active
         return token_exits(uncertainty, active, counted, self.window, self.thresholds[layer_index])
+
+    @property
+    def reads_own_word_only(self) -> bool:
+        """Window 0 and float thresholds: an active word's window is itself
+        (it counts in it whether or not exited words do)."""
+        return (
+            not isinstance(self.window, torch.Tensor) and self.window == 0
+            and not any(isinstance(threshold, torch.Tensor) for threshold in self.thresholds)
+        )
+
+    def word_exits(self, layer_index: int, uncertainty: torch.Tensor) -> torch.Tensor:
+        return below_threshold(uncertainty, self.thresholds[layer_index])
 
 
 def entity_groups(entity: torch.Tensor, words: torch.Tensor, margin: int) -> torch.Tensor:
@@ -273,6 +298,10 @@ class EntityTokenExit(TokenExit):
     margin: int = 1
     entity_scale: float = 1.0
     needs_entity = True
+
+    @property
+    def reads_own_word_only(self) -> bool:
+        return False  # an entity's words decide together
 
     def exits(self, layer_index, uncertainty, active, words, entity=None):
         if entity is None:

@@ -3,12 +3,13 @@
 srsly (spaCy's serialization library) builds its msgpack encoder and decoder
 chains for every object it packs or unpacks, and each time asks catalogue for
 the registered functions, which scans the entry points of every installed
-package (importlib.metadata). With ~100 packages installed that takes about
-0.3 ms a call. `Doc.to_bytes` makes three calls for a doc whose `user_data`
-holds anything (one for a doc without), and `Doc.from_bytes` as many, so a
-pipeline that records anything on its docs (this one records exit layers)
-pays about 2 ms per doc whenever docs cross processes: `nlp.pipe(...,
-n_process=N)` moves every doc twice, DocBin and the Ray engine once.
+package (importlib.metadata): a cost per call that grows with the number of
+installed packages and dwarfs packing a small doc. `Doc.to_bytes` makes three
+calls for a doc whose `user_data` holds anything (one for a doc without), and
+`Doc.from_bytes` as many, so a pipeline that records anything on its docs
+(this one records exit layers) pays it whenever docs cross processes:
+`nlp.pipe(..., n_process=N)` moves every doc twice, DocBin and the Ray
+engine once.
 
 `scan_msgpack_entry_points_once()` reads srsly's two msgpack registries'
 entry points once, registers what they give, and stops the per-call scan.
