@@ -172,21 +172,21 @@ def named_paths(items: Sequence[str], flag: str) -> Dict[str, Path]:
 
 def existing_file(path: Any, what: str) -> Path:
     """`path` as a Path, failing (naming `what`, e.g. "--dev") unless it is a readable file."""
-    found = Path(path)
-    if not found.exists():
-        fail(f"{what} {found}: no such file")
-    if not found.is_file():
-        fail(f"{what} {found}: not a file")
-    return found
+    return _existing(path, what, is_kind=Path.is_file, kind="file", not_kind="not a file")
 
 
 def existing_dir(path: Any, what: str) -> Path:
     """`path` as a Path, failing (naming `what`) unless it is a folder."""
+    return _existing(path, what, is_kind=Path.is_dir, kind="folder",
+                     not_kind="not a folder (a pipeline is a folder saved by nlp.to_disk)")
+
+
+def _existing(path: Any, what: str, *, is_kind: Callable[[Path], bool], kind: str, not_kind: str) -> Path:
     found = Path(path)
     if not found.exists():
-        fail(f"{what} {found}: no such folder")
-    if not found.is_dir():
-        fail(f"{what} {found}: not a folder (a pipeline is a folder saved by nlp.to_disk)")
+        fail(f"{what} {found}: no such {kind}")
+    if not is_kind(found):
+        fail(f"{what} {found}: {not_kind}")
     return found
 
 
