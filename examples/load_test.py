@@ -1,14 +1,20 @@
 """Load-test examples/serve.py on 127.0.0.1 and check every response.
 
-    python examples/load_test.py PIPELINE [--requests 2000] [--clients 8] [--texts corpus.jsonl]
-                                 [--no-batching] [--server-threads 1]
+    python examples/load_test.py PIPELINE [--requests 2000] [--clients 8] [--texts corpus.jsonl|.spacy]
+                                 [--texts-per-request 1] [--mixed-settings] [--max-seconds 300]
+                                 [--no-batching] [--server-threads 1] [--wait-ms 5]
 
-Starts the server in a subprocess on a free local port, sends `--requests`
-requests from `--clients` threads (keep-alive connections), each 1-8 texts
-with one of several exit settings (mixed thresholds and modes), and compares
-every response with the reference: the same request annotated alone, one
-request at a time, in this process. Reports wrong responses (0 required:
-exit status 1 otherwise), latency p50/p90/p99 and throughput.
+Starts the server in a subprocess on a free local port, sends at most
+`--requests` requests (and none after `--max-seconds`) from `--clients`
+threads (keep-alive connections), each `--texts-per-request` texts ("1-8":
+a random count in that range), with the pipeline's saved exit settings or,
+with --mixed-settings, one of several per request (mixed thresholds and modes).
+
+Every response is compared with the reference: the same texts through
+nlp.pipe in this process (one call per exit setting, one torch thread), which
+also gives the ratio of the server's words/s to nlp.pipe's. Reports wrong
+responses (0 required: exit status 1 otherwise), docs/s, words/s, latency
+p50/p90/p99 and the server's RSS (VmRSS) after the warm-up and at the end.
 """
 import argparse
 import http.client
@@ -51,11 +57,60 @@ def load_texts(path: Optional[str], n: int, seed: int) -> List[str]:
     return [" ".join(rng.choice(FALLBACK_WORDS) for _ in range(rng.randint(1, 20))) for _ in range(n)]
 
 
-def make_requests(n_requests: int, texts_path: Optional[str], seed: int = 0) -> List[Dict[str, Any]]:
+def make_requests(n_requests: int, texts_path: Optional[str], seed: int = 0, texts_per_request: str = "1-8",
+                  mixed_settings: bool = True) -> List[Dict[str, Any]]:
+    """`n_requests` request bodies; texts_per_request: "N" or "LOW-HIGH"."""
     rng = random.Random(seed)
+    low, _, high = texts_per_request.partition("-")
+    low_n, high_n = int(low), int(high or low)
     pool = load_texts(texts_path, 2000, seed)
-    return [{"texts": [rng.choice(pool) for _ in range(rng.randint(1, 8))], **rng.choice(SETTINGS)}
+    return [{"texts": [rng.choice(pool) for _ in range(rng.randint(low_n, high_n))],
+             **(rng.choice(SETTINGS) if mixed_settings else {})}
             for _ in range(n_requests)]
+
+
+def expected_responses(nlp: Any, requests: List[Dict[str, Any]]) -> Tuple[List[List[Dict[str, Any]]], float]:
+    """Each request's expected docs, from one nlp.pipe call per exit setting
+    over all the requests' texts (records by spacy_earlyexit.corpus.formats.doc_record,
+    not by serve.py's code); and the seconds those calls took."""
+    sys.path.insert(0, str(HERE))
+    from serve import request_settings
+
+    from spacy_earlyexit.corpus.formats import doc_record
+    from spacy_earlyexit.corpus.job import component_cfg, label_attrs, tagger_names
+
+    attrs = label_attrs(nlp)
+
+    def annotate_texts(nlp: Any, texts: List[str], settings: Any) -> List[Dict[str, Any]]:
+        cfg = component_cfg(tagger_names(nlp), dict(settings))
+        return [doc_record(doc, attrs, {}) for doc in nlp.pipe(texts, batch_size=256, component_cfg=cfg)]
+
+    groups: Dict[Any, List[int]] = {}
+    for index, request in enumerate(requests):
+        groups.setdefault(request_settings(request), []).append(index)
+    expected: List[Any] = [None] * len(requests)
+    seconds = 0.0
+    for settings, indices in groups.items():
+        start = time.perf_counter()
+        records = annotate_texts(nlp, [text for i in indices for text in requests[i]["texts"]], settings)
+        seconds += time.perf_counter() - start
+        offset = 0
+        for i in indices:
+            expected[i] = records[offset:offset + len(requests[i]["texts"])]
+            offset += len(requests[i]["texts"])
+    return expected, seconds
+
+
+def rss_mib(pid: int) -> Optional[float]:
+    """VmRSS of process `pid` in MiB (None where /proc is not there)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
 
 
 def start_server(pipeline: str, extra: List[str]) -> Tuple[subprocess.Popen, int]:
@@ -78,8 +133,10 @@ def percentile(values: List[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
-def run_clients(port: int, requests: List[Dict[str, Any]], clients: int) -> Tuple[List[Any], List[float], float]:
-    """Responses (by request index), latencies in seconds, wall seconds."""
+def run_clients(port: int, requests: List[Dict[str, Any]], clients: int,
+                max_seconds: float = float("inf")) -> Tuple[List[Any], List[float], float]:
+    """Responses (by request index; None: not sent, after max_seconds), latencies in seconds, wall seconds."""
+    deadline = time.perf_counter() + max_seconds
     responses: List[Any] = [None] * len(requests)
     latencies: List[float] = [0.0] * len(requests)
     next_index = iter(range(len(requests)))
@@ -89,7 +146,7 @@ def run_clients(port: int, requests: List[Dict[str, Any]], clients: int) -> Tupl
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
         while True:
             with lock:
-                index = next(next_index, None)
+                index = next(next_index, None) if time.perf_counter() < deadline else None
             if index is None:
                 break
             body = json.dumps(requests[index]).encode("utf8")
@@ -113,47 +170,61 @@ def run_clients(port: int, requests: List[Dict[str, Any]], clients: int) -> Tupl
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("pipeline")
-    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--requests", type=int, default=2000, help="at most this many requests")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--texts", default=None, help=".jsonl or .spacy to draw texts from (default: random words)")
+    parser.add_argument("--texts-per-request", default="1-8", help='"N" or "LOW-HIGH" (default 1-8)')
+    parser.add_argument("--mixed-settings", action="store_true",
+                        help="each request one of several exit settings (default: the pipeline's saved ones)")
+    parser.add_argument("--max-seconds", type=float, default=300, help="no request is sent after this")
     parser.add_argument("--no-batching", action="store_true", help="the server calls nlp.pipe concurrently")
     parser.add_argument("--server-threads", type=int, default=1, help="the server's torch threads")
+    parser.add_argument("--wait-ms", type=float, default=None, help="the server's --wait-ms")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
     import spacy
     import torch
 
-    sys.path.insert(0, str(HERE))
-    from serve import annotate_texts, request_settings
-
     torch.set_num_threads(1)
-    requests = make_requests(args.requests, args.texts, args.seed)
+    requests = make_requests(args.requests, args.texts, args.seed, args.texts_per_request, args.mixed_settings)
     nlp = spacy.load(args.pipeline)
-    start = time.perf_counter()
-    expected = [annotate_texts(nlp, request["texts"], request_settings(request)) for request in requests]
-    reference_s = time.perf_counter() - start
+    expected_responses(nlp, requests[:20])  # warm-up
+    expected, pipe_seconds = expected_responses(nlp, requests)
 
-    server, port = start_server(args.pipeline, ["--threads", str(args.server_threads)]
-                                + (["--no-batching"] if args.no_batching else []))
+    extra = ["--threads", str(args.server_threads)] + (["--no-batching"] if args.no_batching else [])
+    if args.wait_ms is not None:
+        extra += ["--wait-ms", str(args.wait_ms)]
+    server, port = start_server(args.pipeline, extra)
     try:
-        run_clients(port, requests[:50], args.clients)  # warm-up
-        responses, latencies, wall = run_clients(port, requests, args.clients)
+        run_clients(port, requests[:50], args.clients, args.max_seconds)  # warm-up
+        rss_start = rss_mib(server.pid)
+        responses, latencies, wall = run_clients(port, requests, args.clients, args.max_seconds)
+        rss_end = rss_mib(server.pid)
     finally:
         server.terminate()
         server.wait(timeout=30)
-    wrong = [i for i, response in enumerate(responses)
-             if response is None or response[0] != 200 or response[1]["docs"] != expected[i]]
-    n_docs = sum(len(request["texts"]) for request in requests)
-    ms = [latency * 1000 for latency in latencies]
+    sent = [i for i, response in enumerate(responses) if response is not None]
+    wrong = [i for i in sent if responses[i][0] != 200 or responses[i][1]["docs"] != expected[i]]
+    n_docs = sum(len(requests[i]["texts"]) for i in sent)
+    n_words = sum(len(doc["tokens"]) for i in sent for doc in expected[i])
+    all_words = sum(len(doc["tokens"]) for docs in expected for doc in docs)
+    ms = [latencies[i] * 1000 for i in sent] or [0.0]
+    server_words_per_s = n_words / wall
+    pipe_words_per_s = all_words / pipe_seconds
     print(json.dumps({
-        "pipeline": args.pipeline, "batching": not args.no_batching, "requests": len(requests),
-        "clients": args.clients, "docs": n_docs, "wrong": len(wrong),
-        "wrong_examples": [{"request": requests[i], "status": responses[i] and responses[i][0]} for i in wrong[:3]],
+        "pipeline": args.pipeline, "batching": not args.no_batching, "clients": args.clients,
+        "texts_per_request": args.texts_per_request, "mixed_settings": args.mixed_settings,
+        "requests": len(requests), "sent": len(sent), "docs": n_docs, "words": n_words, "wrong": len(wrong),
+        "wrong_examples": [{"request": requests[i], "status": responses[i][0]} for i in wrong[:3]],
         "latency_ms": {"p50": round(percentile(ms, 50), 1), "p90": round(percentile(ms, 90), 1),
                        "p99": round(percentile(ms, 99), 1), "mean": round(statistics.mean(ms), 1)},
-        "requests_per_s": round(len(requests) / wall, 1), "docs_per_s": round(n_docs / wall, 1),
-        "reference_one_at_a_time_docs_per_s": round(n_docs / reference_s, 1),
+        "requests_per_s": round(len(sent) / wall, 1), "docs_per_s": round(n_docs / wall, 1),
+        "words_per_s": round(server_words_per_s), "seconds": round(wall, 2),
+        "nlp_pipe_words_per_s": round(pipe_words_per_s), "nlp_pipe_docs_per_s": round(
+            sum(len(r["texts"]) for r in requests) / pipe_seconds, 1),
+        "server_to_nlp_pipe": round(server_words_per_s / pipe_words_per_s, 2),
+        "server_rss_mib": {"start": rss_start, "end": rss_end},
     }, indent=1))
     return 1 if wrong else 0
 

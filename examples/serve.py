@@ -11,14 +11,23 @@ GET /health     -> {"ok": true}
 
 How it runs: `ThreadingHTTPServer` gives every connection a thread that only
 parses JSON, waits and writes JSON. One `MicroBatcher` thread owns the
-pipeline: it takes the first waiting request, collects the requests that
-arrive within `--wait-ms` (up to `--max-batch-docs` docs), groups them by
-their exit settings, and runs one nlp.pipe call per group, with that group's
-settings as nlp.pipe's component_cfg. Requests with different settings are
-never in the same call, and only this thread calls the model, so no setting
-can leak from one request to another, whatever the pipeline does with
-per-call settings. Batching concurrent requests pads less and pays the
-per-call overhead once.
+pipeline: it takes the first waiting request and every request already
+queued, then waits up to `--wait-ms` (default 5) for more, but only while it
+holds fewer requests than there are open connections (a keep-alive client
+has one request at a time, so once every connection has sent one, waiting
+gains nothing), up to `--max-batch-docs` docs. It groups them by their exit
+settings and runs one nlp.pipe call per group, with that group's settings as
+nlp.pipe's component_cfg, inside `nlp.memory_zone()` (the response records
+are plain Python values built inside the zone). Requests with different
+settings are never in the same call, and only this thread calls the model,
+so no setting can leak from one request to another, whatever the pipeline
+does with per-call settings. Batching concurrent requests pads less and pays
+the per-call overhead once.
+
+Responses go out in one send with TCP_NODELAY: the standard library's
+default (headers and body in two sends, Nagle on) makes every response wait
+for the client's delayed ACK, about 40 ms, which capped 8 clients at ~150
+requests/s however fast the model was (benchmarks/serving/README.md).
 
 Torch threads: `--threads` (default 1) intra-op threads for the one model
 thread. To use more cores, run more processes (one per core, each with
@@ -37,15 +46,17 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import numpy
 import spacy
 import torch
 from spacy.language import Language
+from spacy.tokens import Doc
 
-from spacy_earlyexit.corpus.formats import doc_record
-from spacy_earlyexit.corpus.job import component_cfg, label_attrs, tagger_names
+from spacy_earlyexit.corpus.job import batch_memory_zone, component_cfg, label_attrs, tagger_names
 from spacy_earlyexit.model import ExitSettings
 
 #: the exit settings a request may give
@@ -61,12 +72,36 @@ def request_settings(body: Dict[str, Any]) -> Tuple[Tuple[str, Any], ...]:
     return tuple(sorted(settings.items()))
 
 
+def response_record(doc: Doc, attrs: Sequence[str]) -> Dict[str, Any]:
+    """What spacy_earlyexit.corpus.formats.doc_record(doc, attrs, {}) gives,
+    faster: the exit layers are decoded once per doc (doc._.exit_layers),
+    not once per token."""
+    label_names = [(attr, f"{attr}_") for attr in attrs]
+    tokens = []
+    for token, exit_layer in zip(doc, doc._.exit_layers):
+        start = token.idx
+        item: Dict[str, Any] = {"text": token.text, "start": start, "end": start + len(token)}
+        for attr, name in label_names:
+            item[attr] = getattr(token, name)
+        item["exit_layer"] = exit_layer
+        tokens.append(item)
+    summary = doc._.early_exit
+    return {
+        "text": doc.text,
+        "meta": {},
+        "tokens": tokens,
+        "ents": [[ent.start_char, ent.end_char, ent.label_] for ent in doc.ents],
+        "early_exit": ({key: value.item() if isinstance(value, numpy.generic) else value
+                        for key, value in summary.items()} if summary else None),
+    }
+
+
 def annotate_texts(nlp: Language, texts: Sequence[str], settings: Tuple[Tuple[str, Any], ...],
                    batch_size: int = 256) -> List[Dict[str, Any]]:
     """The response records of `texts`, annotated in one nlp.pipe call with `settings`."""
     cfg = component_cfg(tagger_names(nlp), dict(settings))
     attrs = label_attrs(nlp)
-    return [doc_record(doc, attrs, {}) for doc in nlp.pipe(texts, batch_size=batch_size, component_cfg=cfg)]
+    return [response_record(doc, attrs) for doc in nlp.pipe(texts, batch_size=batch_size, component_cfg=cfg)]
 
 
 @dataclass
@@ -88,6 +123,9 @@ class MicroBatcher:
         self.wait_s = wait_ms / 1000
         self.max_batch_docs = max_batch_docs
         self.queue: "queue.Queue[Optional[Request]]" = queue.Queue()
+        self.connections = 0  # open client connections (see _collect)
+        self._lock = threading.Lock()
+        self.rounds = 0  # nlp.pipe calls so far
         self.thread = threading.Thread(target=self._run, name="micro-batcher", daemon=True)
         self.thread.start()
 
@@ -100,14 +138,27 @@ class MicroBatcher:
         self.queue.put(None)
         self.thread.join()
 
+    def connection_opened(self) -> None:
+        with self._lock:
+            self.connections += 1
+
+    def connection_closed(self) -> None:
+        with self._lock:
+            self.connections -= 1
+
     def _collect(self, first: Request) -> Tuple[List[Request], bool]:
-        """`first` and the requests that arrive within wait_s; and whether to stop."""
+        """`first` and the requests already waiting; then, while fewer requests
+        are collected than there are open connections (each has at most one
+        request at a time), the ones that arrive within wait_s. And whether to stop."""
         requests, n_docs = [first], len(first.texts)
         deadline = time.monotonic() + self.wait_s
         while n_docs < self.max_batch_docs:
             timeout = deadline - time.monotonic()
             try:
-                request = self.queue.get(timeout=timeout) if timeout > 0 else self.queue.get_nowait()
+                if timeout > 0 and len(requests) < self.connections:
+                    request = self.queue.get(timeout=timeout)
+                else:
+                    request = self.queue.get_nowait()
             except queue.Empty:
                 break
             if request is None:
@@ -127,8 +178,12 @@ class MicroBatcher:
                 groups.setdefault(request.settings, []).append(request)
             for settings, group in groups.items():
                 try:
-                    records = annotate_texts(self.nlp, [text for request in group for text in request.texts],
-                                             settings)
+                    # the records are plain Python values, built inside the zone:
+                    # the round's strings and lexemes are freed when it closes
+                    with batch_memory_zone(self.nlp):
+                        records = annotate_texts(self.nlp, [text for request in group for text in request.texts],
+                                                 settings)
+                    self.rounds += 1
                 except Exception as error:  # noqa: BLE001 (reported to each request of the group)
                     for request in group:
                         request.result.set_exception(error)
@@ -146,17 +201,31 @@ def make_handler(nlp: Language, batcher: Optional[MicroBatcher]) -> type:
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive: clients reuse their connection
+        disable_nagle_algorithm = True
 
         def log_message(self, format: str, *args: Any) -> None:  # no line per request
             pass
 
+        def setup(self) -> None:
+            super().setup()
+            if batcher is not None:
+                batcher.connection_opened()
+
+        def finish(self) -> None:
+            if batcher is not None:
+                batcher.connection_closed()
+            super().finish()
+
         def _reply(self, status: int, body: Dict[str, Any]) -> None:
             data = json.dumps(body, ensure_ascii=False).encode("utf8")
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self.log_request(status, len(data))
+            # the status line, headers and body in one send (with TCP_NODELAY:
+            # a second small send would wait for the client's delayed ACK, ~40 ms)
+            head = (f"{self.protocol_version} {status} {HTTPStatus(status).phrase}\r\n"
+                    f"Server: {self.version_string()}\r\nDate: {self.date_time_string()}\r\n"
+                    "Content-Type: application/json; charset=utf-8\r\n"
+                    f"Content-Length: {len(data)}\r\n\r\n")
+            self.wfile.write(head.encode("latin-1") + data)
 
         def do_GET(self) -> None:
             if self.path == "/health":

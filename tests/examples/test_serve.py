@@ -6,6 +6,7 @@ import json
 import shutil
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from helpers.tiny_bert import NER_DATA, train_tiny_pipeline
 
 SERVE = Path(__file__).resolve().parents[2] / "examples" / "serve.py"
+LOAD_TEST = SERVE.parent / "load_test.py"
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +84,64 @@ def test_concurrent_mixed_settings_get_their_own_results(serve, nlp):
         server.shutdown()
         server.server_close()
         batcher.close()
+
+
+def test_batcher_stops_waiting_once_every_connection_has_a_request(serve, nlp):
+    """A long --wait-ms costs nothing when every open connection has a request waiting."""
+    batcher = serve.MicroBatcher(nlp, wait_ms=60_000)
+    try:
+        batcher.connection_opened()
+        batcher.connection_opened()
+        start = time.monotonic()
+        futures = [batcher.submit(["Alice lives in Paris"], ()), batcher.submit(["hello world"], ())]
+        results = [future.result(timeout=30) for future in futures]
+        assert time.monotonic() - start < 30
+        assert results == [serve.annotate_texts(nlp, ["Alice lives in Paris"], ()),
+                           serve.annotate_texts(nlp, ["hello world"], ())]
+        assert batcher.rounds == 1, "the two requests share one nlp.pipe call"
+    finally:
+        batcher.connection_closed()
+        batcher.connection_closed()
+        batcher.close()
+
+
+@pytest.fixture(scope="module")
+def load_test():
+    spec = importlib.util.spec_from_file_location("load_test_example", LOAD_TEST)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_run_clients_sends_nothing_after_max_seconds(load_test):
+    responses, latencies, _ = load_test.run_clients(1, [{"texts": ["a"]}] * 5, 2, max_seconds=0)
+    assert responses == [None] * 5
+
+
+def test_load_test_checks_every_response_and_reports_memory(load_test, tiny_bert, tmp_path, capsys):
+    """The bounded load test against a served pipeline (a subprocess): every
+    response equals nlp.pipe's, and it ends by itself with the server's RSS."""
+    bert = tmp_path / "bert"
+    shutil.copytree(tiny_bert, bert)
+    pipeline = tmp_path / "pos"
+    train_tiny_pipeline(bert, "pos", 0).to_disk(pipeline)
+    status = load_test.main([str(pipeline), "--requests", "60", "--clients", "4", "--texts-per-request", "1-3",
+                             "--mixed-settings", "--max-seconds", "120"])
+    report = json.loads(capsys.readouterr().out)
+    assert status == 0 and report["wrong"] == 0
+    assert report["sent"] == 60 and report["docs"] > 60
+    assert report["latency_ms"]["p99"] >= report["latency_ms"]["p50"] > 0
+    assert report["words_per_s"] > 0 and report["nlp_pipe_words_per_s"] > 0
+    assert report["server_rss_mib"]["start"] > 0 and report["server_rss_mib"]["end"] > 0
+
+
+def test_response_record_is_doc_record(serve, nlp):
+    """serve.py's faster records are spacy_earlyexit's doc_record (tokens, ents, exit layers, summary)."""
+    from spacy_earlyexit.corpus.formats import doc_record
+    from spacy_earlyexit.corpus.job import label_attrs
+
+    attrs = label_attrs(nlp)
+    texts = [text for text, _ in NER_DATA] + ["", "Ünïcödé Paris !"]
+    for cfg in ({}, {"earlyexit_tagger": {"exit_mode": "token", "threshold": 0.5}}):
+        for doc in nlp.pipe(texts, component_cfg=cfg):
+            assert serve.response_record(doc, attrs) == doc_record(doc, attrs, {})
