@@ -1,6 +1,6 @@
 """A copy of a POS pipeline with the token-exit setting the serving benchmark uses.
 
-    python benchmarks/serving/prepare.py /tmp/prec/pos/model-best /tmp/serve_bench/pos-token
+    python benchmarks/serving/prepare.py PIPELINES/pos/model-best PIPELINES/pos-token
 """
 import sys
 
