@@ -20,7 +20,7 @@ from thinc.util import torch2xp, xp2torch
 from ..model import EarlyExitEncoder
 from ..model.offramp import OffRampHeads
 from ..model.precision import (
-    check_precision, resolve_precision, set_transformer_dtype, slow_on_this_cpu, transformer_precision,
+    check_precision, resolve_precision, slow_on_this_cpu, transformer_precision,
 )
 from ..model.quantization import precision_of, quantize_layers
 from .loading import without_pooler
@@ -42,11 +42,6 @@ def saved_precision(encoder: EarlyExitEncoder) -> str:
     if precision_of(encoder.layers) == "int8":
         return "int8"
     return transformer_precision(encoder.transformer)
-
-
-def encoder_device(encoder: EarlyExitEncoder) -> str:
-    """The device type ("cpu", "cuda", ...) the encoder's weights are on."""
-    return next(encoder.parameters()).device.type
 
 
 class ModelDataError(ValueError):
@@ -244,7 +239,7 @@ class EarlyExitShim(PyTorchShim):
             )
         encoder.load_state_dict(state, strict=True)
         if runtime == "bfloat16":
-            set_transformer_dtype(encoder.transformer, torch.bfloat16)
+            encoder.transformer.to(torch.bfloat16)
         with tempfile.TemporaryDirectory() as folder:
             for name, data in msg["tokenizer"].items():
                 (Path(folder) / Path(name).name).write_bytes(data)
@@ -259,7 +254,7 @@ class EarlyExitShim(PyTorchShim):
         encoder.to(get_torch_default_device())
         self._model = encoder
         self.runtime_precision = runtime
-        if self.precision == "bfloat16" and encoder_device(encoder) == "cpu" and slow_on_this_cpu("bfloat16"):
+        if self.precision == "bfloat16" and self.device.type == "cpu" and slow_on_this_cpu("bfloat16"):
             warnings.warn(
                 "the earlyexit_tagger runs in bfloat16, which is slower than float32 on this CPU (it "
                 "has no AMX units): set precision = \"auto\" or \"float32\" in the model config",

@@ -137,11 +137,6 @@ def slow_on_this_cpu(precision: str, features: Optional[CpuFeatures] = None) -> 
     return not (cpu_features() if features is None else features).amx
 
 
-def set_transformer_dtype(transformer: nn.Module, dtype: torch.dtype) -> None:
-    """Cast the transformer's floating parameters and buffers to `dtype`, in place."""
-    transformer.to(dtype)
-
-
 def transformer_precision(transformer: nn.Module) -> str:
     """"bfloat16" when the transformer's floating parameters are bfloat16, else "float32"."""
     for param in transformer.parameters():

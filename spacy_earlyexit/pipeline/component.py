@@ -96,7 +96,7 @@ class EarlyExitTagger(TrainablePipe):
         """nlp: the pipeline whose config records the exit setting (the
         factory passes it; None: a component outside any pipeline)."""
         register_extensions()
-        get_task(task)
+        task_spec = get_task(task)  # validates the name
         layer_loss_weights(loss_weights, 1)
         check_distillation(distillation, distillation_temperature)
         self.vocab = vocab
@@ -105,7 +105,7 @@ class EarlyExitTagger(TrainablePipe):
         self.scorer = scorer
         self._nlp_ref = PipelineRef(nlp)
         settings = exit_settings or ExitSettings()
-        check_settings_for_task(settings, get_task(task), name)
+        check_settings_for_task(settings, task_spec, name)
         self._exit_settings = settings
         # what is saved as cfg.json: labels and training settings; the exit
         # setting lives in the pipeline config
