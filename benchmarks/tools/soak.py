@@ -25,19 +25,22 @@ import ctypes
 import ctypes.util
 import gc
 import json
+import random
 import resource
 import sys
 import time
 from collections import Counter
 from itertools import cycle, islice
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import psutil
 import spacy
 import torch
 from spacy.language import Language
 from spacy_earlyexit.corpus import memory
+
+from precision_speed import machine
 
 COMPONENT = "earlyexit_tagger"
 ROOT = Path(__file__).resolve().parents[2]
@@ -139,8 +142,29 @@ class GradRecorder:
         self.requires_grad += int(any(t.requires_grad for t in tensors))
 
 
-def stream(texts: List[str], n_docs: int) -> Iterator[str]:
-    return islice(cycle(texts), n_docs)
+def stream(texts: List[str], n_docs: int, sentences: Tuple[int, int] = (1, 1), seed: int = 0) -> Iterator[str]:
+    """n_docs texts, each `sentences` (min, max) consecutive sentences of
+    `texts` (cycled) joined by a space, the count drawn uniformly per doc."""
+    low, high = sentences
+    if (low, high) == (1, 1):
+        yield from islice(cycle(texts), n_docs)
+        return
+    rng = random.Random(seed)
+    source = cycle(texts)
+    for _ in range(n_docs):
+        yield " ".join(islice(source, rng.randint(low, high)))
+
+
+def sentence_range(value: str) -> Tuple[int, int]:
+    """'N' or 'MIN-MAX' (argparse type of --sentences-per-doc)."""
+    low, _, high = value.partition("-")
+    try:
+        bounds = (int(low), int(high or low))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or MIN-MAX, got {value!r}") from None
+    if not 1 <= bounds[0] <= bounds[1]:
+        raise argparse.ArgumentTypeError(f"expected 1 <= MIN <= MAX, got {value!r}")
+    return bounds
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -156,10 +180,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help=f"token-mode threshold (default: the pipeline's if it is in token mode, "
                              f"else 0.1; {RANDOM_INIT_THRESHOLD} for random off-ramps)")
     parser.add_argument("--window", type=int, default=1)
+    parser.add_argument("--sentences-per-doc", type=sentence_range, default=(1, 1), metavar="N|MIN-MAX",
+                        help="sentences joined into one doc, drawn uniformly per doc (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="for --sentences-per-doc")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--sample-every", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=5000)
-    parser.add_argument("--max-growth", type=float, default=5.0, help="percent")
+    parser.add_argument("--max-growth", type=float, default=10.0, help="percent")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     parser.add_argument("--mmap-threshold", type=int, default=None,
                         help="glibc: serve allocations of at least this many bytes with mmap, returned "
@@ -170,12 +197,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--release-every", type=int, default=None,
                         help="docs between the component's own releases of free heap memory "
                              "(spacy_earlyexit.corpus.memory.RELEASE_EVERY_DOCS; default: the library's; 0: never)")
+    parser.add_argument("--release-on-growth", type=float, default=None,
+                        help="the component's growth guard: release free heap memory once RSS is this share "
+                             "above its mark (spacy_earlyexit.corpus.memory.RELEASE_ON_GROWTH; default: the "
+                             "library's; 0: off)")
+    parser.add_argument("--no-state-arena", action="store_true",
+                        help="fresh tensors for every call's hidden states instead of the reused block")
     parser.add_argument("--out", default=str(ROOT / "metrics" / "benchmarks" / "soak"))
     args = parser.parse_args(argv)
     if args.release_every is not None:
         memory.RELEASE_EVERY_DOCS = args.release_every
     if args.mmap_threshold is not None:
         memory.MMAP_THRESHOLD = args.mmap_threshold
+    if args.release_on_growth is not None:
+        memory.configure(release_on_growth=args.release_on_growth)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.warmup >= args.docs:
@@ -203,6 +238,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         "window": args.window,
     }
     encoder = nlp.get_pipe(COMPONENT).model.shims[0].encoder
+    if args.no_state_arena:
+        encoder.state_arena = None
     recorder = GradRecorder(encoder)
     print(f"{source}: {args.docs} docs from {len(texts)} sentences, token mode {setting}, "
           f"torch threads {torch.get_num_threads()}")
@@ -221,7 +258,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     n_docs = n_words = 0
     seconds = 0.0
     start = time.perf_counter()
-    docs = nlp.pipe(stream(texts, args.docs), batch_size=args.batch_size, component_cfg={COMPONENT: setting})
+    docs = nlp.pipe(
+        stream(texts, args.docs, args.sentences_per_doc, args.seed),
+        batch_size=args.batch_size, component_cfg={COMPONENT: setting},
+    )
     for doc in docs:
         n_docs += 1
         n_words += len(doc)
@@ -263,12 +303,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not memory_ok and heap_growth is not None and heap_growth < args.max_growth:
         diagnosis = (
             f"RSS grew {growth:.1f}% while glibc's heap in use grew {heap_growth:.1f}%: the growth is "
-            "memory glibc keeps after it is freed (its dynamic mmap threshold), not live objects. "
-            "Compare --mmap-threshold 1048576 (M_MMAP_THRESHOLD), or run on jemalloc: "
-            "LD_PRELOAD=$(python -m spacy_earlyexit jemalloc-path) python benchmarks/tools/soak.py ..."
+            "memory glibc keeps after it is freed, not live objects. Compare the fallbacks: "
+            "--release-on-growth 0.05 (the component's guard), --mmap-threshold 1048576 (M_MMAP_THRESHOLD), "
+            "or jemalloc: LD_PRELOAD=$(python -m spacy_earlyexit jemalloc-path) python benchmarks/tools/soak.py ..."
         )
     result = {
         "source": source,
+        "machine": machine(),
         "conllu": args.conllu,
         "docs": n_docs,
         "words": n_words,
@@ -276,6 +317,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "words_per_second": round(n_words / seconds, 1),
         "setting": setting,
         "batch_size": args.batch_size,
+        "sentences_per_doc": list(args.sentences_per_doc),
         "torch_threads": torch.get_num_threads(),
         "allocator": memory.allocator(),
         "warmup_docs": args.warmup,
@@ -287,6 +329,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         "mmap_threshold": memory.MMAP_THRESHOLD or None,
         "malloc_trim_every": args.malloc_trim_every or None,
         "component_release_every": memory.RELEASE_EVERY_DOCS or None,
+        "component_release_on_growth": memory.RELEASE_ON_GROWTH or None,
+        "state_arena": encoder.state_arena is not None,
+        "releases": memory.releases,
+        "release_seconds": round(memory.release_seconds, 3),
         "diagnosis": diagnosis,
         "high_water_warmup_mb": round(high_water_warmup, 1),
         "high_water_end_mb": round(high_water_mb(), 1),
@@ -314,15 +360,22 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def markdown(result: Dict[str, Any]) -> str:
     setting = result["setting"]
+    sentences = result.get("sentences_per_doc", [1, 1])
     lines = [
         f"# Soak: {result['docs']} docs through nlp.pipe (token mode)",
         "",
+        f"CPU: {result['machine']['cpu']} ({', '.join(result['machine']['cpu_flags'])}); "
+        f"torch {result['machine']['torch']}.",
+        "",
         f"Pipeline: {result['source']}; token mode, threshold {setting['threshold']}, window "
-        f"{setting['window']}; batch size {result['batch_size']}; {result['torch_threads']} torch thread(s); "
+        f"{setting['window']}; batch size {result['batch_size']}; {sentences[0]}-{sentences[1]} sentences per doc; "
+        f"{result['torch_threads']} torch thread(s); "
         f"mean exit layer {result['exit_layer_mean']} (counts {result['exit_layer_counts']}); "
-        f"malloc: {result.get('allocator', 'glibc')}; glibc mmap threshold {result['mmap_threshold'] or 'default'}, malloc_trim every "
-        f"{result['malloc_trim_every'] or 'never'} (script), component release every "
-        f"{result.get('component_release_every') or 'never'} docs.",
+        f"malloc: {result.get('allocator', 'glibc')}; glibc mmap threshold {result['mmap_threshold'] or 'default'}, "
+        f"malloc_trim every {result['malloc_trim_every'] or 'never'} (script); component: release every "
+        f"{result.get('component_release_every') or 'never'} docs, growth guard "
+        f"{result.get('component_release_on_growth') or 'off'}, {result.get('releases', 0)} release(s) taking "
+        f"{result.get('release_seconds', 0.0)} s; state arena {'on' if result.get('state_arena') else 'off'}.",
         "",
         "| check | value | result |",
         "|---|---|---|",

@@ -74,9 +74,10 @@ def annotate_cli(
                                     help="least time between two checkpoints of a JSONL output's progress, taken "
                                          "at the end of a batch (0: after every batch)"),
     no_progress: bool = Opt(False, "--no-progress", help="no progress bar"),
-    allocator: str = Opt("auto", "--allocator",
-                         help="auto: run on jemalloc when it is installed (flat memory on long runs; the process "
-                              "starts again with it preloaded); jemalloc: require it; system: the platform's malloc"),
+    allocator: str = Opt("system", "--allocator",
+                         help="system: the platform's malloc (memory stays flat on glibc too); auto: run on "
+                              "jemalloc when it is installed (the process starts again with it preloaded; "
+                              "fewer words/s); jemalloc: require it"),
 ) -> None:
     """Annotate a JSONL or .spacy corpus (locally or on Ray)."""
     from ..corpus import memory
@@ -96,7 +97,6 @@ def annotate_cli(
     overrides = exit_overrides(exit_mode, threshold, window, max_layer)
     existing_dir(pipeline, "PIPELINE")
     if allocator != "system" and _util.PROCESS_ARGV is not None:
-        # jemalloc keeps RSS flat on long streams where glibc's heap fragments (memory.py)
         memory.preload_jemalloc(["-m", "spacy_earlyexit", *_util.PROCESS_ARGV])
     if allocator == "jemalloc" and memory.allocator() != "jemalloc":
         where = ("no jemalloc library was found (looked in " + ", ".join(memory.JEMALLOC_PATHS)

@@ -37,13 +37,18 @@ class _BatchRun:
         output_hidden_states: bool,
         entity_classes: Optional[torch.Tensor] = None,
         last_layer: Optional[int] = None,
+        storage: Optional[torch.Tensor] = None,
     ) -> None:
         """rule: the exit rule of the call; forced_exit_layer: [W] long,
         1-based, replaces it for this batch (self-sampling); entity_classes:
         [C] bool on the batch's device, for rules that read the entity grid;
         last_layer: the depth cap (1-based; None: the encoder's depth): the
         words still active after it exit there and the run stops. Forced
-        exit layers ignore it (they may use every layer)."""
+        exit layers ignore it (they may use every layer).
+        storage: a flat region of at least S * T * d elements that holds the
+        states for the whole run (inference; see state_arena.py), so that
+        they are never allocated again; None: each layer's states are new
+        tensors, and dropping rows copies them."""
         n_layers, n_words = encoder.n_layers, batch.n_words
         #: 1-based: the run stops after this layer; the words still active exit there
         self.last_layer = n_layers if last_layer is None or forced_exit_layer is not None else last_layer
@@ -52,6 +57,9 @@ class _BatchRun:
         self.keep_finished = output_hidden_states
         self.real_all = batch.real_mask()
         self.hidden = encoder.embed_batch(batch, self.real_all)
+        self.storage = storage if storage is not None and storage.dtype == self.hidden.dtype else None
+        if self.storage is not None:
+            self.hidden = _stored(self.hidden, self.storage)
         self.rows = torch.arange(batch.n_spans, device=device)
         self.row_of_span = self.rows.clone()
         self.word_active = torch.ones(n_words, dtype=torch.bool, device=device)
@@ -94,7 +102,7 @@ class _BatchRun:
         self.span_running[batch.word_span] = True
         if not bool(self.span_running.all()) and not output_hidden_states:
             self.hidden, self.rows, self.row_of_span = _keep_rows(
-                self.hidden, self.rows, self.span_running, batch.n_spans
+                self.hidden, self.rows, self.span_running, batch.n_spans, storage=self.storage
             )
         self.running = self.hidden.shape[0] > 0
 
@@ -110,6 +118,8 @@ class _BatchRun:
     def after_layer(self, layer_index: int, hidden: torch.Tensor) -> None:
         """Take a layer's states [R, T', d]: off-ramp, exits, drop finished rows."""
         batch, encoder = self.batch, self.encoder
+        if self.storage is not None and hidden.data_ptr() != self.hidden.data_ptr():
+            hidden = self.hidden.copy_(hidden)  # the layer gave a new tensor: back into storage
         self.hidden = hidden
         if self.hidden_states is not None:
             self.hidden_states.append(hidden)
@@ -121,7 +131,10 @@ class _BatchRun:
             )
             assert self.layer_active is not None
             self.layer_active[layer_index, active_words] = True
-        self.exit_logits = self.exit_logits.index_put((active_words,), logits)
+        if self.exit_logits.requires_grad or logits.requires_grad:
+            self.exit_logits = self.exit_logits.index_put((active_words,), logits)
+        else:  # inference: in place, no new [W, C] block per layer
+            self.exit_logits.index_put_((active_words,), logits)
         self.labels[active_words] = logits.argmax(dim=-1)
         if layer_index == self.last_layer - 1:
             self.running = False
@@ -135,7 +148,7 @@ class _BatchRun:
             still = self.span_running.index_select(0, self.rows)
             if not self.keep_finished and not bool(still.all()):
                 self.hidden, self.rows, self.row_of_span = _keep_rows(
-                    hidden, self.rows, still, batch.n_spans, lengths=batch.lengths,
+                    hidden, self.rows, still, batch.n_spans, lengths=batch.lengths, storage=self.storage,
                 )
         self.running = self.hidden.shape[0] > 0
 
@@ -229,11 +242,14 @@ def _keep_rows(
     keep: torch.Tensor,
     n_spans: int,
     lengths: Optional[torch.Tensor] = None,
+    storage: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Drop finished rows from the batch (and trailing padding with them).
 
     hidden: [R, T, d]; rows: [R] original span of each row; keep: [R] bool,
-    or [n_spans] bool indexed by original span on the first call.
+    or [n_spans] bool indexed by original span on the first call; storage:
+    the flat region that holds `hidden` (the kept rows are written back to
+    its start), or None (they are a new tensor).
     Returns (hidden [R', T', d], rows [R'], row_of_span [n_spans], -1 for dropped spans).
     """
     if keep.shape[0] != rows.shape[0]:
@@ -242,9 +258,18 @@ def _keep_rows(
     hidden = hidden[keep]
     if lengths is not None and rows.numel():
         hidden = hidden[:, : int(lengths.index_select(0, rows).max())]
+    if storage is not None:
+        hidden = _stored(hidden, storage)
     row_of_span = torch.full((n_spans,), -1, dtype=torch.long, device=hidden.device)
     row_of_span[rows] = torch.arange(rows.numel(), device=hidden.device)
     return hidden, rows, row_of_span
+
+
+def _stored(hidden: torch.Tensor, storage: torch.Tensor) -> torch.Tensor:
+    """hidden [R, T, d] copied to the start of the flat region `storage`;
+    returns the [R, T, d] view of it. `hidden` must not be a view of the
+    region itself (the callers pass a fresh tensor)."""
+    return storage[: hidden.numel()].view(hidden.shape).copy_(hidden)
 
 
 def _window_words(batch: EncoderBatch, n_slots: int, context: int) -> torch.Tensor:

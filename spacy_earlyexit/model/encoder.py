@@ -19,6 +19,7 @@ from .exit_settings import ExitSettings
 from .families import EncoderFamily, family_of
 from .offramp import OffRamp, OffRampHeads, offramp_macs  # noqa: F401 (OffRamp: re-exported)
 from .packed_layer import PieceLayout, masked_layer_forward, packed_layers_forward
+from .state_arena import StateArena
 
 
 class EarlyExitEncoder(nn.Module):
@@ -72,6 +73,9 @@ class EarlyExitEncoder(nn.Module):
                 "the packed path; leave packed=None for the masked path"
             )
         self.packed = packable if packed is None else bool(packed)
+        #: per-thread block for the states of inference calls (state_arena.py;
+        #: None: fresh tensors for every call's states)
+        self.state_arena: Optional[StateArena] = StateArena()
         if packed is None and not packable:
             warnings.warn(
                 f"{type(self.layers[0]).__name__} layers ({self.family.name} family) cannot take "
@@ -95,6 +99,12 @@ class EarlyExitEncoder(nn.Module):
                 self.eval()
                 return
             pending.extend(child for child in module._modules.values() if child is not None)
+
+    def state_dtype(self) -> torch.dtype:
+        """dtype of the hidden states (the input embeddings' weights': float32,
+        or bfloat16 when the transformer runs in bfloat16)."""
+        embeddings = self.transformer.get_input_embeddings()
+        return embeddings.weight.dtype if embeddings is not None else torch.float32
 
     @property
     def n_layers(self) -> int:
@@ -200,16 +210,23 @@ class EarlyExitEncoder(nn.Module):
         settings = settings or ExitSettings()
         rule = exit_rule(settings, self.n_layers)
         entity_classes = check_entity_classes(rule, entity_classes, self.n_classes)
+        inplace = not output_hidden_states and not torch.is_grad_enabled()
+        storage: List[Optional[torch.Tensor]] = [None] * len(batches)
+        if inplace and batches and self.state_arena is not None:
+            # the states of every batch live in one block reused across calls (state_arena.py)
+            storage = list(self.state_arena.regions(
+                [(batch.n_spans, int(batch.input_ids.shape[1]), self.hidden_size) for batch in batches],
+                dtype=self.state_dtype(), device=batches[0].input_ids.device,
+            ))
         runs = [
             _BatchRun(
                 self, batch, rule,
                 None if forced_exit_layers is None else forced_exit_layers[index],
                 return_layer_logits, output_hidden_states, entity_classes,
-                last_layer(settings, self.n_layers),
+                last_layer(settings, self.n_layers), storage=storage[index],
             )
             for index, batch in enumerate(batches)
         ]
-        inplace = not output_hidden_states and not torch.is_grad_enabled()
         for layer_index, layer in enumerate(self.layers):
             live = [run for run in runs if run.running]
             if not live:

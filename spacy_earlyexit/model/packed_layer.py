@@ -8,7 +8,7 @@ Several batches can go through a layer together (packed_layers_forward):
 their per-row work is then one matrix product, their attention stays apart.
 """
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -141,9 +141,58 @@ def _cat(parts: List[torch.Tensor]) -> torch.Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
-def _split(whole: torch.Tensor, parts: List[torch.Tensor]) -> List[torch.Tensor]:
-    """Views of `whole` with the row counts of `parts` (inverse of _cat)."""
-    return [whole] if len(parts) == 1 else list(whole.split([part.shape[0] for part in parts]))
+#: row counts above this are rounded up to ROW_BUCKET_BITS significant bits
+#: before the per-row work (see bucket_rows); at or below it they are exact
+EXACT_ROWS = 64
+#: significant bits kept when rounding a row count up (6: less than 1/32 of
+#: the rows are padding, 32 sizes per doubling; 0: no rounding)
+ROW_BUCKET_BITS = 6
+
+
+def bucket_rows(n_rows: int) -> int:
+    """n_rows rounded up to one of a few sizes (ROW_BUCKET_BITS significant
+    bits above EXACT_ROWS).
+
+    The per-row work after exits has a new row count at every layer of every
+    batch. Rounded up, the products, the activation and the norm see a small
+    set of shapes: oneDNN (behind torch's GELU on CPU, and its bfloat16
+    matrix products) keeps a compiled primitive per shape in a cache that
+    otherwise fills with one entry per row count and churns, and glibc's
+    malloc reuses freed blocks of the same size instead of scattering
+    blocks of ever new sizes through its heap (resident memory crept up over
+    long streams from both)."""
+    if not ROW_BUCKET_BITS or n_rows <= EXACT_ROWS:
+        return n_rows
+    step = 1 << max(0, n_rows.bit_length() - ROW_BUCKET_BITS)
+    return -(-n_rows // step) * step
+
+
+def _gather_padded(sources: List[torch.Tensor], indices: Sequence[Optional[torch.Tensor]]) -> torch.Tensor:
+    """The rows `indices[i]` of each source [R_i, d] (None: all its rows),
+    concatenated, with padding rows up to bucket_rows of their total.
+
+    The padding repeats row 0 of the last source whose rows are gathered (its
+    index is extended, so the gather that is done anyway makes them), or is
+    zeros concatenated on; either way its results are dropped (_split).
+    Returns [bucket_rows(total), d]."""
+    counts = [int(index.numel()) if index is not None else int(src.shape[0]) for src, index in zip(sources, indices)]
+    padding = bucket_rows(sum(counts)) - sum(counts)
+    last = indices[-1]
+    if padding and last is not None:
+        indices = [*indices[:-1], torch.cat([last, last.new_zeros(padding)])]
+        padding = 0
+    parts = [src if index is None else src.index_select(0, index) for src, index in zip(sources, indices)]
+    if padding:
+        parts.append(parts[0].new_zeros(padding, *parts[0].shape[1:]))
+    return _cat(parts)
+
+
+def _split(whole: torch.Tensor, counts: List[int]) -> List[torch.Tensor]:
+    """Views of `whole` with these row counts (the inverse of
+    _gather_padded: the padding rows after them are left out)."""
+    if len(counts) == 1:
+        return [whole if whole.shape[0] == counts[0] else whole[: counts[0]]]
+    return list(whole[: sum(counts)].split(counts))
 
 
 def _packed_group(
@@ -162,21 +211,19 @@ def _packed_group(
         layout.all_real_active or layout.real.numel() >= DENSE_KV_SHARE * flat.shape[0]
         for flat, layout in zip(flats, layouts)
     ]
-    kv_inputs = [
-        flat if is_dense else flat.index_select(0, layout.real)
-        for flat, layout, is_dense in zip(flats, layouts, dense)
-    ]
-    kv_all = _cat(kv_inputs)
-    key_rows = _split(project_key(kv_all), kv_inputs)
-    value_rows = _split(project_value(kv_all), kv_inputs)
-    states = [
-        flat if layout.all_real_active else flat.index_select(0, layout.active)
-        for flat, layout in zip(flats, layouts)
-    ]
-    states_all = _cat(states)
-    queries = _split(project_query(states_all), states)
+    # the per-row work runs on row counts rounded up to a few sizes
+    # (bucket_rows); the padding rows' results are dropped
+    kv_index = [None if is_dense else layout.real for layout, is_dense in zip(layouts, dense)]
+    kv_counts = [flat.shape[0] if index is None else int(index.numel()) for flat, index in zip(flats, kv_index)]
+    kv_all = _gather_padded(flats, kv_index)
+    key_rows = _split(project_key(kv_all), kv_counts)
+    value_rows = _split(project_value(kv_all), kv_counts)
+    active_index = [None if layout.all_real_active else layout.active for layout in layouts]
+    counts = [int(layout.active.numel()) for layout in layouts]
+    states_all = _gather_padded(flats, active_index)
+    queries = _split(project_query(states_all), counts)
     dropout = parts.attention_dropout(layer)
-    contexts = []
+    contexts, context_index = [], []
     for index, (hidden, layout) in enumerate(zip(hiddens, layouts)):
         n_spans, length, _ = hidden.shape
         if dense[index]:
@@ -195,10 +242,11 @@ def _packed_group(
             attn_mask=layout.key_mask,
             dropout_p=dropout,
         )
-        context = context.transpose(1, 2).reshape(n_spans, layout.max_active, width)
-        contexts.append(context[layout.active_span, layout.active_rank])
-    attended = parts.attention_output(layer, _cat(contexts), states_all)
-    outputs = _split(feed_forward(layer, attended, parts), states)
+        # [S * max_active, d]: row (span, rank) of each active piece
+        contexts.append(context.transpose(1, 2).reshape(n_spans * layout.max_active, width))
+        context_index.append(layout.active_span * layout.max_active + layout.active_rank)
+    attended = parts.attention_output(layer, _gather_padded(contexts, context_index), states_all)
+    outputs = _split(feed_forward(layer, attended, parts), counts)
     results = []
     for hidden, flat, layout, output in zip(hiddens, flats, layouts, outputs):
         n_spans, length, _ = hidden.shape

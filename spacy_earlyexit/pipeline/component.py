@@ -226,6 +226,7 @@ class EarlyExitTagger(TrainablePipe):
         error_handler = self.get_error_handler()
         try:
             self.set_annotations([doc], self._predict(settings, [doc]))
+            memory.count_docs(1)  # the resident-memory guard (memory.py)
             return doc
         except Exception as error:  # noqa: BLE001 - spaCy's error-handler contract
             error_handler(self.name, self, [doc], error)
@@ -240,7 +241,7 @@ class EarlyExitTagger(TrainablePipe):
                 yield from docs
             except Exception as error:  # noqa: BLE001
                 error_handler(self.name, self, docs, error)
-            memory.count_docs(len(docs))  # only releases memory if asked for
+            memory.count_docs(len(docs))  # the resident-memory guard (memory.py)
 
     def predict(self, docs: Iterable[Doc]) -> TokenOutputs:
         return self._predict(self.exit_settings, list(docs))

@@ -98,7 +98,7 @@ def test_every_option_has_help_and_shows_its_default():
     ("sweep", ["[default: sentence,token]", "[default: 0,1,2]", "[default: metrics/sweep]", "[default: 3;"]),
     ("choose", ["[default: flops_speedup]", "--in-place", "--force", "--from"]),
     ("quantize", ["[default: int8]", "--force"]),
-    ("annotate", ["[default: local]", "[default: 1024;", "[default: auto]"]),
+    ("annotate", ["[default: local]", "[default: 1024;", "[default: system]"]),
     ("render", ["[default: 0;"]),
 ])
 def test_command_help_shows_defaults(name, shown, capsys):

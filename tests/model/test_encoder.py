@@ -725,6 +725,20 @@ def test_evaluate_reports_exit_scores(nlp) -> None:
 # --------------------------------------------------------------------------
 # several batches through the layers together (forward_batches)
 # --------------------------------------------------------------------------
+def round_rows(monkeypatch, rows: str) -> None:
+    """rows "exact": the per-row work on exact row counts; "rounded": every
+    count above 2 rounded up to 2 significant bits (up to a third padding,
+    far more than the default's 1/16), so that the tiny batches pad."""
+    from spacy_earlyexit.model import packed_layer
+
+    if rows == "exact":
+        monkeypatch.setattr(packed_layer, "ROW_BUCKET_BITS", 0)
+    else:
+        monkeypatch.setattr(packed_layer, "EXACT_ROWS", 2)
+        monkeypatch.setattr(packed_layer, "ROW_BUCKET_BITS", 2)
+
+
+@pytest.mark.parametrize("rows", ["exact", "rounded"])
 @pytest.mark.parametrize("max_rows", [0, 10_000])
 @pytest.mark.parametrize(
     "settings",
@@ -735,14 +749,16 @@ def test_evaluate_reports_exit_scores(nlp) -> None:
         ExitSettings(exit_mode="token", threshold=0.6, window=0, threshold_multipliers=INCREASING),
     ],
 )
-def test_batches_together_match_the_reference_one_by_one(monkeypatch, max_rows, settings) -> None:
+def test_batches_together_match_the_reference_one_by_one(monkeypatch, max_rows, settings, rows) -> None:
     """Batches that run through the layers together, their per-row work
-    merged into one product (max_rows 10,000) or not (0), each give what the
-    masked reference gives for that batch alone; batches finish at
-    different layers, one has a span without words, one exits at once."""
+    merged into one product (max_rows 10,000) or not (0), on exact or
+    rounded-up row counts, each give what the masked reference gives for
+    that batch alone; batches finish at different layers, one has a span
+    without words, one exits at once."""
     from spacy_earlyexit.model import packed_layer
 
     monkeypatch.setattr(packed_layer, "MERGE_ROWS", max_rows)
+    round_rows(monkeypatch, rows)
     encoder = shared_encoder()
     batches = [fixed_batch()] + [build_batch(random_spans(seed, n_spans=3 + seed), seed=seed) for seed in range(4)]
     cleared = [clear_threshold(encoder, batch, settings) for batch in batches]
@@ -765,14 +781,16 @@ def test_batches_together_match_the_reference_one_by_one(monkeypatch, max_rows, 
         assert len({layer for out in outs for layer in out.exit_layer.tolist()}) >= 2
 
 
+@pytest.mark.parametrize("rows", ["exact", "rounded"])
 @pytest.mark.parametrize("max_rows", [0, 10_000])
-def test_batches_that_finish_at_different_layers(monkeypatch, max_rows) -> None:
+def test_batches_that_finish_at_different_layers(monkeypatch, max_rows, rows) -> None:
     """Forced exits (as in self-sampling): one batch leaves after layer 1,
     one runs to the top, the others in between; each batch's result is
     that of the batch alone."""
     from spacy_earlyexit.model import packed_layer
 
     monkeypatch.setattr(packed_layer, "MERGE_ROWS", max_rows)
+    round_rows(monkeypatch, rows)
     encoder = shared_encoder()
     batches = [fixed_batch()] + [build_batch(random_spans(seed, n_spans=4), seed=seed) for seed in range(3)]
     generator = torch.Generator().manual_seed(0)
@@ -835,3 +853,38 @@ def test_feed_forward_in_blocks_of_rows_equals_the_layer_at_once(monkeypatch) ->
         whole = encoder(batch, settings, return_layer_logits=True)
     assert small.exit_layer.tolist() == whole.exit_layer.tolist()
     torch.testing.assert_close(small.layer_logits, whole.layer_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_bucket_rows_rounds_up_to_few_sizes() -> None:
+    """Exact up to EXACT_ROWS; above, never below the count, less than 1/32
+    more, 32 sizes per doubling."""
+    from spacy_earlyexit.model.packed_layer import EXACT_ROWS, ROW_BUCKET_BITS, bucket_rows
+
+    assert ROW_BUCKET_BITS == 6
+    sizes = [bucket_rows(n) for n in range(1, 8193)]
+    assert sizes[:EXACT_ROWS] == list(range(1, EXACT_ROWS + 1))
+    for n, size in enumerate(sizes, start=1):
+        assert n <= size < n + n / 32 + 1
+        assert bucket_rows(size) == size  # a size is its own bucket
+    assert sizes == sorted(sizes)
+    assert len(set(sizes)) == EXACT_ROWS + 32 * 7  # 64, then 32 per doubling up to 8,192
+
+
+def test_rounded_rows_train_like_exact_rows(monkeypatch) -> None:
+    """With the padding rows in the per-row work, a training pass gives the
+    logits and gradients of exact row counts (padding rows take no part)."""
+    results = []
+    for rows in ("exact", "rounded"):
+        round_rows(monkeypatch, rows)
+        encoder = make_encoder(random_bert())
+        encoder.train()
+        batch = build_batch(random_spans(5, n_spans=5), seed=5)
+        out = encoder(batch, return_layer_logits=True)
+        out.layer_logits.square().sum().backward()
+        grads = {name: p.grad.clone() for name, p in encoder.named_parameters() if p.grad is not None}
+        results.append((out.layer_logits.detach(), grads))
+    (logits_a, grads_a), (logits_b, grads_b) = results
+    torch.testing.assert_close(logits_a, logits_b, atol=1e-5, rtol=1e-5)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], atol=1e-4, rtol=1e-4)
