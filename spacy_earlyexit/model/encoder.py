@@ -212,11 +212,11 @@ class EarlyExitEncoder(nn.Module):
         entity_classes = check_entity_classes(rule, entity_classes, self.n_classes)
         inplace = not output_hidden_states and not torch.is_grad_enabled()
         storage: List[Optional[torch.Tensor]] = [None] * len(batches)
-        if inplace and batches and self.state_arena is not None:
+        shapes = [(batch.n_spans, int(batch.input_ids.shape[1]), self.hidden_size) for batch in batches]
+        if inplace and self.state_arena is not None and self.state_arena.wanted(shapes):
             # the states of every batch live in one block reused across calls (state_arena.py)
             storage = list(self.state_arena.regions(
-                [(batch.n_spans, int(batch.input_ids.shape[1]), self.hidden_size) for batch in batches],
-                dtype=self.state_dtype(), device=batches[0].input_ids.device,
+                shapes, dtype=self.state_dtype(), device=batches[0].input_ids.device
             ))
         runs = [
             _BatchRun(

@@ -223,7 +223,11 @@ def _packed_group(
     states_all = _gather_padded(flats, active_index)
     queries = _split(project_query(states_all), counts)
     dropout = parts.attention_dropout(layer)
-    contexts, context_index = [], []
+    # with padding, each batch's contexts are gathered as flat rows so that
+    # the padding rides on the gather (_gather_padded); without, directly
+    padded = bucket_rows(sum(counts)) != sum(counts)
+    contexts: List[torch.Tensor] = []
+    context_index: List[Optional[torch.Tensor]] = []
     for index, (hidden, layout) in enumerate(zip(hiddens, layouts)):
         n_spans, length, _ = hidden.shape
         if dense[index]:
@@ -242,9 +246,13 @@ def _packed_group(
             attn_mask=layout.key_mask,
             dropout_p=dropout,
         )
-        # [S * max_active, d]: row (span, rank) of each active piece
-        contexts.append(context.transpose(1, 2).reshape(n_spans * layout.max_active, width))
-        context_index.append(layout.active_span * layout.max_active + layout.active_rank)
+        context = context.transpose(1, 2).reshape(n_spans, layout.max_active, width)
+        if padded:  # [S * max_active, d] and the flat row (span, rank) of each active piece
+            contexts.append(context.view(n_spans * layout.max_active, width))
+            context_index.append(layout.active_span * layout.max_active + layout.active_rank)
+        else:
+            contexts.append(context[layout.active_span, layout.active_rank])
+            context_index.append(None)
     attended = parts.attention_output(layer, _gather_padded(contexts, context_index), states_all)
     outputs = _split(feed_forward(layer, attended, parts), counts)
     results = []

@@ -23,6 +23,7 @@ import torch
 
 #: elements of the smallest block (4 MB of float32)
 MIN_ELEMENTS = 1 << 20
+
 #: each batch's region starts at a multiple of this many elements (64 bytes
 #: of float32: the alignment torch gives a fresh tensor)
 ALIGN_ELEMENTS = 16
@@ -41,12 +42,22 @@ def block_elements(needed: int) -> int:
 class StateArena:
     """Per-thread storage for the hidden states of one call's batches."""
 
+    #: calls whose states hold fewer elements than this (a few sentences:
+    #: 256 KB of float32) keep fresh tensors (see wanted)
+    min_call_elements = 1 << 16
+
     def __init__(self) -> None:
         self._local = threading.local()
 
     def __reduce__(self):
         # copies and pickles start empty: the blocks are per thread and per process
         return (StateArena, ())
+
+    def wanted(self, shapes: Sequence[Tuple[int, ...]]) -> bool:
+        """Whether a call with states of these shapes should use the block:
+        small states come and go in the heap's small bins without scattering
+        it, and a short call (one sentence) is quicker without the copies."""
+        return sum(int(torch.Size(shape).numel()) for shape in shapes) >= self.min_call_elements
 
     def regions(
         self, shapes: Sequence[Tuple[int, ...]], dtype: torch.dtype, device: torch.device

@@ -69,6 +69,7 @@ def test_copies_and_pickles_start_empty() -> None:
     assert copy.deepcopy(arena).held_bytes() == 0
     assert pickle.loads(pickle.dumps(arena)).held_bytes() == 0
     encoder = make_encoder(random_bert())
+    encoder.state_arena.min_call_elements = 0
     with torch.inference_mode():
         encoder(build_batch(random_spans(0, n_spans=3)), ExitSettings())
     assert encoder.state_arena.held_bytes() > 0
@@ -94,6 +95,7 @@ def test_inference_with_the_arena_matches_fresh_states(settings: ExitSettings) -
     with autograd on, which keeps fresh tensors for its states, and the
     block is allocated once."""
     encoder = make_encoder(random_bert())
+    encoder.state_arena.min_call_elements = 0  # the tiny batches use the block too
     calls = [
         [build_batch(random_spans(seed, n_spans=n), seed=seed) for seed, n in ((1, 6), (2, 2))],
         [build_batch(random_spans(3, n_spans=1), seed=3)],
@@ -111,8 +113,24 @@ def test_inference_with_the_arena_matches_fresh_states(settings: ExitSettings) -
             _same(a, b)
 
 
+def test_small_calls_keep_fresh_states() -> None:
+    """A call below min_call_elements takes no block; one above does."""
+    encoder = make_encoder(random_bert())
+    batch = build_batch(random_spans(0, n_spans=3))
+    elements = batch.n_spans * batch.input_ids.shape[1] * encoder.hidden_size
+    encoder.state_arena.min_call_elements = elements + 1
+    with torch.inference_mode():
+        encoder(batch, ExitSettings())
+    assert encoder.state_arena.held_bytes() == 0
+    encoder.state_arena.min_call_elements = elements
+    with torch.inference_mode():
+        encoder(batch, ExitSettings())
+    assert encoder.state_arena.held_bytes() > 0
+
+
 def test_threads_running_one_encoder_get_their_own_results() -> None:
     encoder = make_encoder(random_bert())
+    encoder.state_arena.min_call_elements = 0
     settings = ExitSettings(exit_mode="token", threshold=0.5, window=1)
     batches = [build_batch(random_spans(seed, n_spans=3 + seed), seed=seed) for seed in range(4)]
     with torch.inference_mode():
