@@ -33,7 +33,8 @@ Torch threads: `--threads` (default 1) intra-op threads for the one model
 thread. To use more cores, run more processes (one per core, each with
 --threads 1, behind a load balancer or SO_REUSEPORT) rather than more torch
 threads: on small batches torch's OpenMP threads mostly wait (and spin).
-Preload jemalloc for long-running servers (docs/production.md).
+Memory stays flat on glibc's malloc as it is; jemalloc, preloaded, holds a
+little less resident (docs/production.md).
 
 `--no-batching` calls nlp.pipe from every request thread directly
 (concurrently): for comparison in examples/load_test.py only.
