@@ -8,7 +8,7 @@ Several batches can go through a layer together (packed_layers_forward):
 their per-row work is then one matrix product, their attention stays apart.
 """
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -167,14 +167,16 @@ def bucket_rows(n_rows: int) -> int:
     return -(-n_rows // step) * step
 
 
-def _gather_padded(sources: List[torch.Tensor], indices: Sequence[Optional[torch.Tensor]]) -> torch.Tensor:
+def _gather_padded(
+    sources: List[torch.Tensor], indices: Sequence[Optional[torch.Tensor]]
+) -> Tuple[torch.Tensor, List[int]]:
     """The rows `indices[i]` of each source [R_i, d] (None: all its rows),
     concatenated, with padding rows up to bucket_rows of their total.
 
     The padding repeats row 0 of the last source whose rows are gathered (its
     index is extended, so the gather that is done anyway makes them), or is
     zeros concatenated on; either way its results are dropped (_split).
-    Returns [bucket_rows(total), d]."""
+    Returns ([bucket_rows(total), d], the row count of each source)."""
     counts = [int(index.numel()) if index is not None else int(src.shape[0]) for src, index in zip(sources, indices)]
     padding = bucket_rows(sum(counts)) - sum(counts)
     last = indices[-1]
@@ -184,7 +186,7 @@ def _gather_padded(sources: List[torch.Tensor], indices: Sequence[Optional[torch
     parts = [src if index is None else src.index_select(0, index) for src, index in zip(sources, indices)]
     if padding:
         parts.append(parts[0].new_zeros(padding, *parts[0].shape[1:]))
-    return _cat(parts)
+    return _cat(parts), counts
 
 
 def _split(whole: torch.Tensor, counts: List[int]) -> List[torch.Tensor]:
@@ -213,14 +215,14 @@ def _packed_group(
     ]
     # the per-row work runs on row counts rounded up to a few sizes
     # (bucket_rows); the padding rows' results are dropped
-    kv_index = [None if is_dense else layout.real for layout, is_dense in zip(layouts, dense)]
-    kv_counts = [flat.shape[0] if index is None else int(index.numel()) for flat, index in zip(flats, kv_index)]
-    kv_all = _gather_padded(flats, kv_index)
+    kv_all, kv_counts = _gather_padded(
+        flats, [None if is_dense else layout.real for layout, is_dense in zip(layouts, dense)]
+    )
     key_rows = _split(project_key(kv_all), kv_counts)
     value_rows = _split(project_value(kv_all), kv_counts)
-    active_index = [None if layout.all_real_active else layout.active for layout in layouts]
-    counts = [int(layout.active.numel()) for layout in layouts]
-    states_all = _gather_padded(flats, active_index)
+    states_all, counts = _gather_padded(
+        flats, [None if layout.all_real_active else layout.active for layout in layouts]
+    )
     queries = _split(project_query(states_all), counts)
     dropout = parts.attention_dropout(layer)
     # with padding, each batch's contexts are gathered as flat rows so that
@@ -253,7 +255,7 @@ def _packed_group(
         else:
             contexts.append(context[layout.active_span, layout.active_rank])
             context_index.append(None)
-    attended = parts.attention_output(layer, _gather_padded(contexts, context_index), states_all)
+    attended = parts.attention_output(layer, _gather_padded(contexts, context_index)[0], states_all)
     outputs = _split(feed_forward(layer, attended, parts), counts)
     results = []
     for hidden, flat, layout, output in zip(hiddens, flats, layouts, outputs):

@@ -66,7 +66,8 @@ class StateArena:
         out of this thread's block (grown or replaced when it is too small
         or of another dtype or device). The regions are valid until the next
         call of this method on the same thread."""
-        sizes = [_aligned(int(torch.Size(shape).numel())) for shape in shapes]
+        elements = [int(torch.Size(shape).numel()) for shape in shapes]
+        sizes = [_aligned(n) for n in elements]
         needed = sum(sizes)
         block = getattr(self._local, "block", None)
         if block is None or block.dtype != dtype or block.device != device or block.numel() < needed:
@@ -77,8 +78,8 @@ class StateArena:
                 block = torch.empty(block_elements(needed), dtype=dtype, device=device)
             self._local.block = block
         regions, start = [], 0
-        for shape, size in zip(shapes, sizes):
-            regions.append(block[start:start + int(torch.Size(shape).numel())])
+        for n, size in zip(elements, sizes):
+            regions.append(block[start:start + n])
             start += size
         return regions
 
