@@ -2,7 +2,7 @@
 
     python examples/load_test.py PIPELINE [--requests 2000] [--clients 8] [--texts corpus.jsonl|.spacy]
                                  [--texts-per-request 1] [--mixed-settings] [--max-seconds 300]
-                                 [--no-batching] [--server-threads 1] [--wait-ms 5]
+                                 [--no-batching] [--server-threads 1] [--server-workers 1] [--wait-ms 5]
 
 Starts the server in a subprocess on a free local port, sends at most
 `--requests` requests (and none after `--max-seconds`) from `--clients`
@@ -14,7 +14,9 @@ Every response is compared with the reference: the same texts through
 nlp.pipe in this process (one call per exit setting, one torch thread), which
 also gives the ratio of the server's words/s to nlp.pipe's. Reports wrong
 responses (0 required: exit status 1 otherwise), docs/s, words/s, latency
-p50/p90/p99 and the server's RSS (VmRSS) after the warm-up and at the end.
+p50/p90/p99 and the server's memory after the warm-up and at the end: the
+VmRSS of its main process and the PSS (proportional set size: shared pages
+split between the processes that share them) of it and its workers.
 """
 import argparse
 import http.client
@@ -113,6 +115,43 @@ def rss_mib(pid: int) -> Optional[float]:
     return None
 
 
+def cpu_name() -> str:
+    """lscpu's model name ("unknown" without lscpu)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")),
+                "unknown")
+
+
+def process_tree(pid: int) -> List[int]:
+    """`pid` and its descendants (Linux /proc; [pid] elsewhere)."""
+    found, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        found.append(current)
+        try:
+            with open(f"/proc/{current}/task/{current}/children", encoding="ascii") as children:
+                pending.extend(int(child) for child in children.read().split())
+        except OSError:
+            pass
+    return found
+
+
+def pss_mib(pid: int) -> Optional[float]:
+    """PSS of process `pid` and its descendants in MiB (None where
+    /proc/PID/smaps_rollup is not there)."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            with open(f"/proc/{member}/smaps_rollup", encoding="ascii") as rollup:
+                total += next(int(line.split()[1]) for line in rollup if line.startswith("Pss:"))
+        except (OSError, StopIteration):
+            return None
+    return round(total / 1024, 1)
+
+
 def start_server(pipeline: str, extra: List[str]) -> Tuple[subprocess.Popen, int]:
     """serve.py in a subprocess on a free port of 127.0.0.1, with the spacy_earlyexit this process imports."""
     import spacy_earlyexit
@@ -179,6 +218,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=300, help="no request is sent after this")
     parser.add_argument("--no-batching", action="store_true", help="the server calls nlp.pipe concurrently")
     parser.add_argument("--server-threads", type=int, default=1, help="the server's torch threads")
+    parser.add_argument("--server-workers", type=int, default=1, help="the server's --workers (processes)")
     parser.add_argument("--wait-ms", type=float, default=None, help="the server's --wait-ms")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -192,15 +232,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     expected_responses(nlp, requests[:20])  # warm-up
     expected, pipe_seconds = expected_responses(nlp, requests)
 
-    extra = ["--threads", str(args.server_threads)] + (["--no-batching"] if args.no_batching else [])
+    extra = ["--threads", str(args.server_threads), "--workers", str(args.server_workers)]
+    extra += ["--no-batching"] if args.no_batching else []
     if args.wait_ms is not None:
         extra += ["--wait-ms", str(args.wait_ms)]
     server, port = start_server(args.pipeline, extra)
     try:
         run_clients(port, requests[:50], args.clients, args.max_seconds)  # warm-up
-        rss_start = rss_mib(server.pid)
+        rss_start, pss_start = rss_mib(server.pid), pss_mib(server.pid)
         responses, latencies, wall = run_clients(port, requests, args.clients, args.max_seconds)
-        rss_end = rss_mib(server.pid)
+        rss_end, pss_end = rss_mib(server.pid), pss_mib(server.pid)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -214,6 +255,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     pipe_words_per_s = all_words / pipe_seconds
     print(json.dumps({
         "pipeline": args.pipeline, "batching": not args.no_batching, "clients": args.clients,
+        "cpu": cpu_name(), "cores": os.cpu_count(),
         "texts_per_request": args.texts_per_request, "mixed_settings": args.mixed_settings,
         "requests": len(requests), "sent": len(sent), "docs": n_docs, "words": n_words, "wrong": len(wrong),
         "wrong_examples": [{"request": requests[i], "status": responses[i][0]} for i in wrong[:3]],
@@ -225,6 +267,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             sum(len(r["texts"]) for r in requests) / pipe_seconds, 1),
         "server_to_nlp_pipe": round(server_words_per_s / pipe_words_per_s, 2),
         "server_rss_mib": {"start": rss_start, "end": rss_end},
+        "server_workers": args.server_workers, "server_pss_mib": {"start": pss_start, "end": pss_end},
     }, indent=1))
     return 1 if wrong else 0
 

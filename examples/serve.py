@@ -1,13 +1,13 @@
 """Serve an early-exit pipeline over HTTP, with micro-batching (stdlib only).
 
-    python examples/serve.py PIPELINE [--host 127.0.0.1] [--port 8080] [--threads 1]
+    python examples/serve.py PIPELINE [--host 127.0.0.1] [--port 8080] [--threads 1] [--workers 1]
 
 POST /annotate  {"texts": ["...", ...], "threshold": 0.2, "exit_mode": "token", "window": 1}
     -> {"docs": [{"text", "tokens": [{"text", "start", "end", <label attrs>, "exit_layer"}],
                   "ents": [[start_char, end_char, label]], "early_exit": {...}}]}
     The exit settings are optional (default: the pipeline's saved ones) and
     apply to this request only; a bad value is a 400 naming the setting.
-GET /health     -> {"ok": true}
+GET /health     -> {"ok": true, "pid": <the answering process>}
 
 How it runs: `ThreadingHTTPServer` gives every connection a thread that only
 parses JSON, waits and writes JSON. One `MicroBatcher` thread owns the
@@ -29,10 +29,13 @@ default (headers and body in two sends, Nagle on) makes every response wait
 for the client's delayed ACK, about 40 ms, which capped 8 clients at ~150
 requests/s however fast the model was (benchmarks/serving/README.md).
 
-Torch threads: `--threads` (default 1) intra-op threads for the one model
-thread. To use more cores, run more processes (one per core, each with
---threads 1, behind a load balancer or SO_REUSEPORT) rather than more torch
-threads: on small batches torch's OpenMP threads mostly wait (and spin).
+Cores: `--workers N` (default 1) forks N server processes after the
+pipeline is loaded (they share its weights' memory until written to; on
+Linux and macOS); all accept on the one listening socket, and each has its
+own micro-batcher thread and one torch thread. Use one worker per core
+rather than more torch threads: on small batches torch's OpenMP threads
+mostly wait (and spin). `--threads` (default 1) is the torch intra-op
+thread count of a single worker.
 Memory stays flat on glibc's malloc as it is; jemalloc, preloaded, holds a
 little less resident (docs/production.md).
 
@@ -41,7 +44,9 @@ little less resident (docs/production.md).
 """
 import argparse
 import json
+import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -230,7 +235,7 @@ def make_handler(nlp: Language, batcher: Optional[MicroBatcher]) -> type:
 
         def do_GET(self) -> None:
             if self.path == "/health":
-                self._reply(200, {"ok": True})
+                self._reply(200, {"ok": True, "pid": os.getpid()})
             else:
                 self._reply(404, {"error": f"no such path: {self.path}"})
 
@@ -281,25 +286,87 @@ def make_server(nlp: Language, host: str = "127.0.0.1", port: int = 8080, batchi
     return server, batcher
 
 
+def serve_workers(nlp: Language, server: ThreadingHTTPServer, n_workers: int, *, batching: bool = True,
+                  wait_ms: float = 5.0, max_batch_docs: int = 512) -> None:
+    """Fork `n_workers` processes that serve `server`'s listening socket,
+    each with its own micro-batcher (threads do not survive a fork, so the
+    server must have none yet: make_server(..., batching=False)); wait for
+    them, and stop them all when this process gets SIGTERM or SIGINT or one
+    of them exits."""
+    children: List[int] = []
+    for _ in range(n_workers):
+        pid = os.fork()
+        if pid == 0:  # a worker: serve until terminated
+            code = 0
+            try:
+                batcher = MicroBatcher(nlp, wait_ms, max_batch_docs) if batching else None
+                server.RequestHandlerClass = make_handler(nlp, batcher)
+                server.serve_forever()
+            except KeyboardInterrupt:
+                pass
+            except BaseException:  # noqa: BLE001 (reported, then the worker ends)
+                import traceback
+
+                traceback.print_exc()
+                code = 1
+            finally:
+                os._exit(code)
+        children.append(pid)
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        os.wait()  # returns when a worker exits (it should not)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for pid in children:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("pipeline")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="0: any free port (printed)")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads of the model thread")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads of a single worker's model thread")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="server processes forked after loading, one torch thread each (one per core)")
     parser.add_argument("--wait-ms", type=float, default=5.0, help="how long to collect requests into a batch")
     parser.add_argument("--max-batch-docs", type=int, default=512)
     parser.add_argument("--no-batching", action="store_true",
                         help="nlp.pipe in every request thread, concurrently (for comparison only)")
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    if args.workers > 1 and args.threads > 1:
+        parser.error("--threads is for a single worker: with --workers each worker runs one torch thread")
+    if args.workers > 1 and not hasattr(os, "fork"):
+        parser.error("--workers needs os.fork (Linux, macOS); run one server per core behind a load balancer")
     torch.set_num_threads(args.threads)
     nlp = spacy.load(args.pipeline)
-    server, batcher = make_server(nlp, args.host, args.port, not args.no_batching, args.wait_ms,
+    forked = args.workers > 1
+    server, batcher = make_server(nlp, args.host, args.port, not args.no_batching and not forked, args.wait_ms,
                                   args.max_batch_docs)
     host, port = server.server_address[:2]
     print(f"listening on http://{host}:{port}", flush=True)
     try:
-        server.serve_forever()
+        if forked:
+            serve_workers(nlp, server, args.workers, batching=not args.no_batching, wait_ms=args.wait_ms,
+                          max_batch_docs=args.max_batch_docs)
+        else:
+            server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:

@@ -12,10 +12,10 @@ spaCy component), `corpus` (annotating files), `tuning` (sweep, choose),
 `python -m spacy_earlyexit`).
 """
 from .pipeline.extensions import register_extensions
-from .pipeline.msgpack_speed import scan_msgpack_entry_points_once
+from .pipeline.msgpack_speed import cache_msgpack_registries
 
 register_extensions()
-scan_msgpack_entry_points_once()  # Doc serialization without an entry-point scan per call
+cache_msgpack_registries()  # Doc serialization without a registry scan per msgpack call
 
 from .pipeline import architectures, callbacks, scorers  # noqa: E402,F401  (registrations)
 from .pipeline import segmentation  # noqa: E402,F401  (registers the "segment" task)

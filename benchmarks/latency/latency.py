@@ -132,6 +132,78 @@ def top_functions(nlp: Callable[[str], object], texts: List[str], limit: int = 3
     return out.getvalue()
 
 
+#: (module, attribute path) of the stages --stage-times wraps with perf_counter
+#: (inclusive times; packed_layers_forward as the encoder module imports it)
+TIMED_STAGES: List[Tuple[str, str]] = [
+    ("spacy.language", "Language._ensure_doc"),
+    ("spacy_earlyexit.pipeline.component", "EarlyExitTagger.__call__"),
+    ("spacy_earlyexit.layers.early_exit_transformer", "_tokenize"),
+    ("spacy_earlyexit.layers.early_exit_transformer", "to_tokens"),
+    ("spacy_earlyexit.layers.data_classes", "DocPieces.encoder_batch"),
+    ("spacy_earlyexit.model.encoder", "EarlyExitEncoder.ensure_eval"),
+    ("spacy_earlyexit.model.encoder", "EarlyExitEncoder.forward_batches"),
+    ("spacy_earlyexit.model.encoder", "EarlyExitEncoder.embed_batch"),
+    ("spacy_earlyexit.model.encoder", "packed_layers_forward"),
+    ("spacy_earlyexit.model.batch_run", "_BatchRun.__init__"),
+    ("spacy_earlyexit.model.batch_run", "_BatchRun.piece_masks"),
+    ("spacy_earlyexit.model.batch_run", "_BatchRun.after_layer"),
+    ("spacy_earlyexit.model.packed_layer", "PieceLayout.build"),
+    ("spacy_earlyexit.pipeline.component", "EarlyExitTagger.set_annotations"),
+]
+
+
+def stage_times(nlp: Callable[[str], object], texts: List[str]) -> List[Tuple[str, float, int]]:
+    """(stage, ms per call, calls per call) of TIMED_STAGES, timed with
+    perf_counter wrappers (inclusive; no profiler), and the whole call."""
+    import importlib
+
+    totals: Dict[str, List[float]] = {}
+    restore = []
+    for module_name, path in TIMED_STAGES:
+        owner: object = importlib.import_module(module_name)
+        *parents, attribute = path.split(".")
+        for parent in parents:
+            owner = getattr(owner, parent)
+        function = getattr(owner, attribute)
+        record = totals.setdefault(path, [0.0, 0])
+
+        def timed(*args, _function=function, _record=record, **kwargs):
+            start = time.perf_counter()
+            try:
+                return _function(*args, **kwargs)
+            finally:
+                _record[0] += time.perf_counter() - start
+                _record[1] += 1
+
+        setattr(owner, attribute, timed)
+        restore.append((owner, attribute, function))
+    try:
+        start = time.perf_counter()
+        for text in texts:
+            nlp(text)
+        total = time.perf_counter() - start
+    finally:
+        for owner, attribute, function in reversed(restore):
+            setattr(owner, attribute, function)
+    rows = [("whole call", 1000.0 * total / len(texts), len(texts))]
+    rows += [(path, 1000.0 * seconds / len(texts), calls) for path, (seconds, calls) in totals.items()]
+    return [(stage, ms, calls / len(texts)) for stage, ms, calls in rows]
+
+
+def op_counts(nlp: Callable[[str], object], texts: List[str], limit: int = 15) -> Tuple[float, List[Tuple[str, float]]]:
+    """Top-level torch ops per call (torch.profiler) and the most frequent."""
+    from collections import Counter
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for text in texts:
+            nlp(text)
+    top = [event.name for event in prof.events() if event.cpu_parent is None]
+    counts = Counter(top)
+    return len(top) / len(texts), [(name, n / len(texts)) for name, n in counts.most_common(limit)]
+
+
 @app.command()
 def main(
     float_path: Path = typer.Argument(..., help="the float32 early-exit pipeline"),
@@ -143,6 +215,8 @@ def main(
     sm: bool = typer.Option(True, help="include en_core_web_sm's UPOS path"),
     profile: Optional[Path] = typer.Option(None, "--profile", "-p", help="write a per-stage cProfile breakdown here"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="also write the times as JSON"),
+    stages: Optional[Path] = typer.Option(None, "--stage-times", help="write perf_counter stage times and "
+                                          "torch op counts of the int8 token pipeline here"),
 ) -> None:
     torch.set_num_threads(1)
     nlp0 = spacy.blank("en")
@@ -172,6 +246,18 @@ def main(
         lines += ["", "## Functions by own time", "", "```", top_functions(pipelines[name], texts[:200]), "```"]
         profile.write_text("\n".join(lines) + "\n")
         print(f"\nstage breakdown written to {profile}")
+    if stages is not None:
+        name = "int8 token" if "int8 token" in pipelines else "float32 token"
+        lines = [f"# Stages of `nlp(text)`, {name}, perf_counter (inclusive ms per call; no profiler)", "",
+                 f"CPU: {cpu_model()}; torch {torch.__version__}, 1 thread; {len(texts)} texts", "",
+                 "| stage | ms per call | calls per call |", "|---|---|---|"]
+        lines += [f"| {stage} | {ms:.3f} | {calls:.2f} |" for stage, ms, calls in stage_times(pipelines[name], texts)]
+        per_call, frequent = op_counts(pipelines[name], texts[:100])
+        lines += ["", f"torch.profiler: {per_call:.0f} top-level ops per call (first 100 texts); the most frequent:", "",
+                  "| op | per call |", "|---|---|"]
+        lines += [f"| {op} | {n:.1f} |" for op, n in frequent]
+        stages.write_text("\n".join(lines) + "\n")
+        print(f"\nstage times written to {stages}")
 
 
 if __name__ == "__main__":

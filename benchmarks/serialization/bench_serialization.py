@@ -26,7 +26,7 @@ import spacy
 import srsly
 import torch
 from spacy.attrs import IDX
-from spacy.tokens import Doc
+from spacy.tokens import Doc, DocBin
 
 from spacy_earlyexit.pipeline import component as component_module
 from spacy_earlyexit.pipeline.extensions import register_extensions, set_exit_layers
@@ -65,20 +65,19 @@ def annotated(docs: List[Doc], storage: str, seed: int = 0) -> List[Doc]:
 
 
 @contextmanager
-def srsly_registries_cached() -> Iterator[None]:
-    """What-if, for this benchmark only: srsly's msgpack encoder and decoder
-    registries answer get_all() from a table read once, instead of reading
-    every installed package's entry points and catalogue's registry on each
-    msgpack call (srsly 2.5: each Packer / Unpacker does). Restored on exit."""
+def package_registries() -> Iterator[None]:
+    """The package's default (pipeline/msgpack_speed.py): srsly's msgpack
+    encoder and decoder registries read no entry points and answer get_all()
+    from a table. The other rows run with srsly's own behaviour (main turns
+    the per-call scans back on, which the package's table defers to)."""
     registries = (srsly.msgpack_encoders, srsly.msgpack_decoders)
     for registry in registries:
-        table = registry.get_all()
-        registry.get_all = lambda table=table: dict(table)  # instance attribute over the method
+        registry.entry_points = False
     try:
         yield
     finally:
         for registry in registries:
-            del registry.get_all
+            registry.entry_points = True
 
 
 def time_per_doc_ms(function: Callable[[], object], n_docs: int) -> float:
@@ -93,12 +92,12 @@ def bench_serialization(n_docs: int, n_tokens: int, repeats: int) -> Dict[str, D
     variants = {name: annotated(base, name) for name in ("none", "summary_only", "per_token", "per_doc")}
     blobs = {name: [doc.to_bytes() for doc in docs] for name, docs in variants.items()}
     runs = [(name, False) for name in variants] + [("per_token", True), ("per_doc", True)]
-    label = {run: run[0] + (" +cached registries" if run[1] else "") for run in runs}
+    label = {run: run[0] + (" +package registries" if run[1] else "") for run in runs}
     times: Dict[str, Dict[str, List[float]]] = {label[run]: {"to_bytes": [], "from_bytes": []} for run in runs}
     for repeat in range(repeats):
         for name, cached in (runs if repeat % 2 == 0 else list(reversed(runs))):
             docs, data = variants[name], blobs[name]
-            context: ContextManager[None] = srsly_registries_cached() if cached else nullcontext()
+            context: ContextManager[None] = package_registries() if cached else nullcontext()
             with context:
                 times[label[name, cached]]["to_bytes"].append(
                     time_per_doc_ms(lambda: [d.to_bytes() for d in docs], n_docs))
@@ -116,15 +115,15 @@ def bench_serialization(n_docs: int, n_tokens: int, repeats: int) -> Dict[str, D
 
 
 def bench_msgpack_call(repeats: int, calls: int = 2000) -> Dict[str, float]:
-    """ms per srsly.msgpack_dumps({}) call, as installed and with srsly's
-    encoder registries not reading entry points (restored afterwards): the
-    fixed cost Doc.to_bytes pays per serialized field."""
+    """ms per srsly.msgpack_dumps({}) call with srsly's own per-call scans
+    and with the package's registries (restored afterwards): the fixed cost
+    Doc.to_bytes pays per serialized field."""
     registries = (srsly.msgpack_encoders, srsly.msgpack_decoders)
     saved = [registry.entry_points for registry in registries]
-    times: Dict[str, List[float]] = {"as_installed": [], "no_entry_point_scan": []}
+    times: Dict[str, List[float]] = {"srsly_own": [], "package_default": []}
     try:
         for _ in range(repeats):
-            for name, scan in (("as_installed", saved), ("no_entry_point_scan", [False, False])):
+            for name, scan in (("srsly_own", [True, True]), ("package_default", [False, False])):
                 for registry, value in zip(registries, scan):
                     registry.entry_points = value
                 times[name].append(time_per_doc_ms(lambda: [srsly.msgpack_dumps({}) for _ in range(calls)], calls))
@@ -132,6 +131,25 @@ def bench_msgpack_call(repeats: int, calls: int = 2000) -> Dict[str, float]:
         for registry, value in zip(registries, saved):
             registry.entry_points = value
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def bench_docbin(n_docs: int, n_tokens: int, repeats: int) -> Dict[str, float]:
+    """ms per doc of DocBin(store_user_data=True): add every doc (one msgpack
+    call each for its user_data) and to_bytes, with srsly's own lookups and
+    with the package's (what `annotate` to .spacy and the Ray engine do)."""
+    docs = annotated(make_docs(n_docs, n_tokens), "per_doc")
+    times: Dict[str, List[float]] = {"srsly_own": [], "package_default": []}
+    for repeat in range(repeats):
+        order = [("srsly_own", True), ("package_default", False)]
+        for name, scan in (order if repeat % 2 == 0 else order[::-1]):
+            with package_registries() if not scan else nullcontext():
+                def build() -> None:
+                    docbin = DocBin(store_user_data=True)
+                    for doc in docs:
+                        docbin.add(doc)
+                    docbin.to_bytes()
+                times[name].append(time_per_doc_ms(build, n_docs))
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def tiny_pipeline(folder: Path) -> spacy.language.Language:
@@ -161,14 +179,14 @@ def bench_pipe(n_docs: int, n_tokens: int, repeats: int, batch_size: int) -> Dic
         storages = {"per_token": set_exit_layers_per_token, "per_doc": set_exit_layers}
         runs = [(storage, n_process, False) for storage in storages for n_process in (1, 2)]
         runs += [("per_doc", 2, True)]
-        name = {run: f"{run[0]} n_process={run[1]}" + (" +cached registries" if run[2] else "") for run in runs}
+        name = {run: f"{run[0]} n_process={run[1]}" + (" +package registries" if run[2] else "") for run in runs}
         seconds: Dict[str, List[float]] = {name[run]: [] for run in runs}
         for repeat in range(repeats):
             for run in (runs if repeat % 2 == 0 else list(reversed(runs))):
                 storage, n_process, cached = run
                 component_module.set_exit_layers = storages[storage]
                 start = time.perf_counter()
-                with srsly_registries_cached() if cached else nullcontext():
+                with package_registries() if cached else nullcontext():
                     docs = list(nlp.pipe(texts, batch_size=batch_size, n_process=n_process))
                 seconds[name[run]].append(time.perf_counter() - start)
                 assert all(len(d._.exit_layers) == len(d) and None not in d._.exit_layers for d in docs)
@@ -192,15 +210,16 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--pipe", action="store_true", help="also time nlp.pipe n_process=1 and 2")
+    parser.add_argument("--docbin-only", action="store_true", help="time only DocBin(store_user_data=True)")
     parser.add_argument("--pipe-docs", type=int, default=2000)
     parser.add_argument("--pipe-repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--output", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args()
     register_extensions()
-    # srsly's own behaviour for the uncached rows: importing spacy_earlyexit
-    # turns the per-call entry-point scan off (pipeline/msgpack_speed.py),
-    # which the "cached registries" rows stand for
+    # srsly's own behaviour for the other rows: importing spacy_earlyexit
+    # turns the per-call scans off (pipeline/msgpack_speed.py), which the
+    # "+package registries" rows keep
     for registry in (srsly.msgpack_encoders, srsly.msgpack_decoders):
         registry.entry_points = True
     torch.set_num_threads(1)
@@ -208,9 +227,11 @@ def main() -> None:
         "cpu": cpu_name(), "cores": __import__("os").cpu_count(), "torch": torch.__version__,
         "spacy": spacy.__version__, "python": platform.python_version(),
         "docs": args.docs, "tokens_per_doc": args.tokens, "repeats": args.repeats,
-        "serialization": bench_serialization(args.docs, args.tokens, args.repeats),
-        "msgpack_dumps_call_ms": bench_msgpack_call(args.repeats),
+        "docbin_ms_per_doc": bench_docbin(args.docs, args.tokens, args.repeats),
     }
+    if not args.docbin_only:
+        result["serialization"] = bench_serialization(args.docs, args.tokens, args.repeats)
+        result["msgpack_dumps_call_ms"] = bench_msgpack_call(args.repeats)
     if args.pipe:
         result["pipe"] = bench_pipe(args.pipe_docs, args.tokens, args.pipe_repeats, args.batch_size)
     print(json.dumps(result, indent=2))

@@ -22,8 +22,9 @@ Face's `trim_offsets` does for byte-level BPE). With piece_split "tokens" or
 "han", pieces that cross a token boundary are first cut there and tokenized
 again part by part (piece_split.py), so that every token owns its pieces.
 """
+from bisect import bisect_right
 from itertools import chain
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy
 from spacy.attrs import IDX, LENGTH
@@ -135,6 +136,10 @@ def tokenize_docs(
             kept_ids.append(ids)
             kept_offsets.append(offsets)
         pending = too_long
+    if len(kept) == 1:  # one doc, one span (a sentence through nlp()): no arrays to vectorize over
+        one = _align_one_span(docs, kept[0], kept_texts[0], kept_ids[0], kept_offsets[0])
+        if one is not None:
+            return one
     return _align(docs, kept, kept_texts, kept_ids, kept_offsets)
 
 
@@ -241,6 +246,67 @@ def _align(
     )
     pieces.token_sources = _token_sources(pieces, word_span)
     return pieces
+
+
+def _align_one_span(
+    docs: Sequence[Doc], span: Tuple[int, Span], span_text: str, ids: List[int], offsets: List[Tuple[int, int]]
+) -> Optional[DocPieces]:
+    """_align for a batch of a single span, piece by piece in Python: the
+    same rule and the same DocPieces, without the fixed cost of ~40 numpy
+    calls on arrays of a few dozen elements. None when the span owns no
+    piece (_align then leaves it out)."""
+    doc_index, tokens = span
+    first = [token.idx - tokens.start_char for token in tokens]  # each token's first character
+    last = [start + len(token) for start, token in zip(first, tokens)]  # inclusive: the one after it
+    text_length = last[-1] if last else 0
+    owner_of_piece: List[int] = []
+    for piece_start, piece_end in offsets:
+        owner = -1
+        # the first character of the piece that some token covers and that is
+        # no whitespace (tokens start in order, so its token is the smallest)
+        for char in range(max(piece_start, 0), min(piece_end, text_length + 1)):
+            token = bisect_right(first, char) - 1
+            if token >= 0 and last[token] >= char and not (char < len(span_text) and span_text[char].isspace()):
+                owner = token
+                break
+        owner_of_piece.append(owner)
+    slot_of_token: Dict[int, int] = {}
+    for owner in sorted(set(owner_of_piece) - {-1}):
+        slot_of_token[owner] = len(slot_of_token)
+    if not slot_of_token:
+        return None
+    n_words = len(slot_of_token)
+    word_piece = [-1] * n_words
+    word_n_pieces = [0] * n_words
+    piece_word = []
+    for index, owner in enumerate(owner_of_piece):
+        slot = slot_of_token.get(owner, -1)
+        piece_word.append(slot)
+        if slot >= 0:
+            if word_piece[slot] < 0:
+                word_piece[slot] = index
+            word_n_pieces[slot] += 1
+    word_token = [tokens.start + owner for owner in slot_of_token]
+    n_doc_tokens = [len(doc) for doc in docs]
+    token_offsets = segment_offsets(numpy.asarray(n_doc_tokens, dtype="int64"))
+    token_sources = numpy.full((int(token_offsets[-1]), 2), -1, dtype="int64")
+    at = int(token_offsets[doc_index]) + numpy.asarray(word_token, dtype="int64")
+    token_sources[at, 0] = 0
+    token_sources[at, 1] = numpy.arange(n_words)
+    return DocPieces(
+        span_doc=numpy.asarray([doc_index], dtype="int64"),
+        span_start=numpy.asarray([tokens.start], dtype="int64"),
+        span_end=numpy.asarray([tokens.end], dtype="int64"),
+        piece_offsets=numpy.asarray([0, len(ids)], dtype="int64"),
+        input_ids=numpy.asarray(ids, dtype="int64"),
+        piece_word=numpy.asarray(piece_word, dtype="int64"),
+        word_offsets=numpy.asarray([0, n_words], dtype="int64"),
+        word_token=numpy.asarray(word_token, dtype="int64"),
+        word_piece=numpy.asarray(word_piece, dtype="int64"),
+        word_n_pieces=numpy.asarray(word_n_pieces, dtype="int64"),
+        token_sources=token_sources,
+        token_offsets=token_offsets,
+    )
 
 
 def _token_sources(pieces: DocPieces, word_span: numpy.ndarray) -> numpy.ndarray:

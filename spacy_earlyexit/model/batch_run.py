@@ -141,8 +141,8 @@ class _BatchRun:
             return
         exiting = self._exits(layer_index, logits, active_words)
         if bool(exiting.any()):
-            self.exit_layer[exiting] = layer_index + 1
-            self.word_active &= ~exiting
+            self.exit_layer.masked_fill_(exiting, layer_index + 1)
+            self.word_active.masked_fill_(exiting, False)
             self.span_running = torch.zeros(batch.n_spans, dtype=torch.bool, device=hidden.device)
             self.span_running[batch.word_span[self.word_active]] = True
             still = self.span_running.index_select(0, self.rows)
@@ -189,10 +189,9 @@ class _BatchRun:
         if self.rule.never_exits:
             return torch.zeros_like(self.word_active)
         if self.own_word_rule:  # the grid's other words do not matter: no grid
+            uncertainty = normalized_entropy(logits.detach())
             exiting = torch.zeros_like(self.word_active)
-            uncertainty = normalized_entropy(logits.detach()).to(self.uncertainty.dtype)
-            exiting[active_words] = self.rule.word_exits(layer_index, uncertainty)
-            return exiting
+            return exiting.index_put_((active_words,), self.rule.word_exits(layer_index, uncertainty))
         batch = self.batch
         spans, slots = batch.word_span[active_words], batch.word_slot[active_words]
         if self.rule.needs_uncertainty:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from .batching import consecutive_groups
 from .families import BERT_PARTS, LayerParts, bert_masked_call
+from .quantization import same_input_products
 
 
 @dataclass
@@ -218,8 +219,8 @@ def _packed_group(
     kv_all, kv_counts = _gather_padded(
         flats, [None if is_dense else layout.real for layout, is_dense in zip(layouts, dense)]
     )
-    key_rows = _split(project_key(kv_all), kv_counts)
-    value_rows = _split(project_value(kv_all), kv_counts)
+    keys_all, values_all = same_input_products((project_key, project_value), kv_all)
+    key_rows, value_rows = _split(keys_all, kv_counts), _split(values_all, kv_counts)
     states_all, counts = _gather_padded(
         flats, [None if layout.all_real_active else layout.active for layout in layouts]
     )
@@ -227,7 +228,7 @@ def _packed_group(
     dropout = parts.attention_dropout(layer)
     # with padding, each batch's contexts are gathered as flat rows so that
     # the padding rides on the gather (_gather_padded); without, directly
-    padded = bucket_rows(sum(counts)) != sum(counts)
+    padded = states_all.shape[0] != sum(counts)
     contexts: List[torch.Tensor] = []
     context_index: List[Optional[torch.Tensor]] = []
     for index, (hidden, layout) in enumerate(zip(hiddens, layouts)):
@@ -238,14 +239,19 @@ def _packed_group(
         else:
             keys = _scatter_rows(key_rows[index], layout.real, n_spans, length)
             values = _scatter_rows(value_rows[index], layout.real, n_spans, length)
-        # Scatter packed queries into a per-span grid of the span's active pieces only.
-        query_grid = queries[index].new_zeros(n_spans, layout.max_active, width)
-        query_grid[layout.active_span, layout.active_rank] = queries[index]
+        # one span without padding: its active pieces' queries are the grid
+        # as they are, every key may be attended to, the contexts are the rows
+        one_span = n_spans == 1 and int(layout.real.numel()) == length
+        if one_span:
+            query_grid = queries[index].reshape(1, -1, width)
+        else:  # packed queries into a per-span grid of the span's active pieces only
+            query_grid = queries[index].new_zeros(n_spans, layout.max_active, width)
+            query_grid[layout.active_span, layout.active_rank] = queries[index]
         context = F.scaled_dot_product_attention(
             _heads(query_grid, n_heads),
             _heads(keys, n_heads),
             _heads(values, n_heads),
-            attn_mask=layout.key_mask,
+            attn_mask=None if one_span else layout.key_mask,
             dropout_p=dropout,
         )
         context = context.transpose(1, 2).reshape(n_spans, layout.max_active, width)
@@ -253,7 +259,7 @@ def _packed_group(
             contexts.append(context.view(n_spans * layout.max_active, width))
             context_index.append(layout.active_span * layout.max_active + layout.active_rank)
         else:
-            contexts.append(context[layout.active_span, layout.active_rank])
+            contexts.append(context.view(-1, width) if one_span else context[layout.active_span, layout.active_rank])
             context_index.append(None)
     attended = parts.attention_output(layer, _gather_padded(contexts, context_index)[0], states_all)
     outputs = _split(feed_forward(layer, attended, parts), counts)

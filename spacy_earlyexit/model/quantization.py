@@ -17,7 +17,7 @@ torch 2.13 deprecates both the API and the quantized tensors it is built
 on. torch._int_mm is the core op that torchao's int8 path uses; calling it
 directly avoids torchao's tensor-subclass overhead (see the benchmark note).
 """
-from typing import Iterator, Tuple
+from typing import Iterator, List, Sequence, Tuple, cast
 
 import torch
 from torch import nn
@@ -110,8 +110,8 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [..., in] float -> [..., out] float32."""
-        if self._weight_t_of != self._weight_key():
-            self.refresh()
+        if x.dim() == 2 and x.dtype == torch.float32 and 0 < x.shape[0] <= INT8_BLOCK_ROWS:
+            return self.quantized_product(*quantize_rows(x))  # the packed path's rows
         shape = x.shape
         rows = x.reshape(-1, self.in_features).float()
         if rows.shape[0] <= INT8_BLOCK_ROWS:
@@ -124,13 +124,38 @@ class Int8Linear(nn.Module):
         """rows: [N, in] float32 -> [N, out] float32."""
         if rows.shape[0] == 0:
             return rows.new_zeros(0, self.out_features)
-        scale = rows.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12).div_(127.0)  # [N, 1]
-        scaled = rows / scale
-        scaled.round_()
-        accumulated = torch._int_mm(scaled.to(torch.int8), self._weight_t)  # [N, out] int32
-        out = accumulated.to(torch.float32)
-        out.mul_(self.weight_scale)
-        return torch.addcmul(self.bias, out, scale)
+        return self.quantized_product(*quantize_rows(rows))
+
+    def quantized_product(self, values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """The layer on rows already quantized (quantize_rows): values [N, in]
+        int8, scale [N, 1] float32 -> [N, out] float32."""
+        if self._weight_t_of != self._weight_key():
+            self.refresh()
+        accumulated = torch._int_mm(values, self._weight_t)  # [N, out] int32
+        # int32 * float32 is computed in float32, as a float copy times the scales would be
+        return torch.addcmul(self.bias, accumulated * self.weight_scale, scale)
+
+
+def quantize_rows(rows: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """rows: [N, in] float32 (N > 0) -> (int8 [N, in], float32 scale [N, 1]):
+    each row symmetric on [-127, 127] with its own scale."""
+    scale = rows.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12).div_(127.0)  # [N, 1]
+    scaled = rows / scale
+    scaled.round_()
+    return scaled.to(torch.int8), scale
+
+
+def same_input_products(modules: Sequence[nn.Module], x: torch.Tensor) -> List[torch.Tensor]:
+    """[module(x) for module in modules] (x: [N, in]), with x quantized once
+    when they are all Int8Linear and N is at most one block
+    (INT8_BLOCK_ROWS): the same results, one quantization instead of one per
+    module."""
+    rows = x.shape[0]
+    int8 = [module for module in modules if type(module) is Int8Linear]
+    if 0 < rows <= INT8_BLOCK_ROWS and len(int8) == len(modules):
+        values, scale = quantize_rows(x.float())
+        return [cast(Int8Linear, module).quantized_product(values, scale) for module in int8]
+    return [module(x) for module in modules]
 
 
 def _parent_and_name(layer: nn.Module, path: Tuple[str, ...]) -> Tuple[nn.Module, str]:

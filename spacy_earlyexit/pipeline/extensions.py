@@ -10,7 +10,7 @@ extensions with a default value: Doc.to_bytes() packs one msgpack `bin`
 value instead of 2 x len(doc) keys and values. Being an ordinary user_data
 value, it survives doc.to_bytes(), DocBin(store_user_data=True), doc.copy()
 and nlp.pipe(..., n_process=2). (What made serializing docs with user_data
-slow was srsly's entry-point scan per msgpack call: msgpack_speed.py.)
+slow was srsly's registry scan per msgpack call: msgpack_speed.py.)
 
 Values are keyed by character offset, as spaCy keys token extension values:
 after a retokenization the component did not arrange, a merged token keeps

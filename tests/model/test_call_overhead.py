@@ -1,8 +1,9 @@
 """The shortcuts that cut the per-call cost of one document, each against a
 reference computed another way: the whitespace table against str.isspace,
 the exit rule's per-word decision against its word-grid decision, the
-encoder's eval check against the modules' own flags, and inference-mode
-predictions against a plain no-grad forward pass."""
+encoder's eval check against the modules' own flags, inference-mode
+predictions against a plain no-grad forward pass, and K and V of an int8
+layer from one quantization against one each."""
 import sys
 
 import numpy
@@ -11,7 +12,9 @@ import torch
 
 from spacy_earlyexit.layers.wordpieces import whitespace_mask
 from spacy_earlyexit.model import ExitSettings
+from spacy_earlyexit.model import quantization
 from spacy_earlyexit.model.exit_policy import EntityTokenExit, TokenExit, exit_rule
+from spacy_earlyexit.model.quantization import INT8_BLOCK_ROWS, Int8Linear, same_input_products
 
 from helpers.encoders import N_LAYERS, build_batch, make_encoder, random_bert, random_spans
 
@@ -102,3 +105,29 @@ def test_predictions_in_inference_mode_then_training_still_works() -> None:
     out = encoder(batch, return_layer_logits=True)
     out.layer_logits.sum().backward()
     assert encoder.offramps[0].linear.weight.grad is not None
+
+
+@pytest.mark.parametrize("rows", [1, 17, INT8_BLOCK_ROWS, INT8_BLOCK_ROWS + 44])
+def test_key_and_value_from_one_quantization(rows, monkeypatch) -> None:
+    torch.manual_seed(rows)
+    modules = [Int8Linear.from_linear(torch.nn.Linear(24, 24)) for _ in range(2)]
+    x = torch.randn(rows, 24) * 4
+    quantized = []
+    real_quantize = quantization.quantize_rows
+    monkeypatch.setattr(quantization, "quantize_rows", lambda r: quantized.append(1) or real_quantize(r))
+    with torch.inference_mode():
+        separate = [module(x) for module in modules]
+        quantized.clear()
+        shared = same_input_products(modules, x)
+    assert all(torch.equal(a, b) for a, b in zip(shared, separate))
+    # one quantization for both while the rows fit one block; block by block, per module, above
+    expected = 1 if rows <= INT8_BLOCK_ROWS else 2 * -(-rows // INT8_BLOCK_ROWS)
+    assert len(quantized) == expected
+
+
+def test_same_input_products_of_float_layers_are_their_calls() -> None:
+    torch.manual_seed(0)
+    modules = [torch.nn.Linear(8, 8), torch.nn.Linear(8, 4)]
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        assert all(torch.equal(a, m(x)) for a, m in zip(same_input_products(modules, x), modules))

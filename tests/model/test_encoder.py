@@ -281,6 +281,42 @@ def test_token_mode_matches_masked_reference(window, includes_exited, multiplier
     assert n_mixed >= 2
 
 
+@pytest.mark.parametrize("window", [0, 1])
+def test_one_span_batches_match_masked_reference(window, monkeypatch) -> None:
+    """A batch of one span takes the packed layer's one-span path (its
+    queries as the grid, no key mask); each span of the fixed batch alone
+    against the reference, with words of one span exiting at different
+    layers."""
+    from spacy_earlyexit.model import packed_layer
+
+    masks = []
+    attention = packed_layer.F.scaled_dot_product_attention
+
+    def recording(*args, attn_mask=None, **kwargs):
+        masks.append(attn_mask)
+        return attention(*args, attn_mask=attn_mask, **kwargs)
+
+    encoder = shared_encoder()
+    n_mixed = 0
+    for index, span in enumerate(FIXED_SPANS):
+        if not any(span):
+            continue
+        batch = build_batch([span], seed=index)
+        for threshold in (0.3, 0.6, 0.9):
+            settings, (exit_layer, labels, logits, _) = clear_threshold(
+                encoder, batch, ExitSettings(exit_mode="token", threshold=threshold, window=window)
+            )
+            with monkeypatch.context() as patch:  # the packed path's attention calls only
+                patch.setattr(packed_layer.F, "scaled_dot_product_attention", recording)
+                out = run(encoder, batch, settings)
+            assert out.exit_layer.tolist() == exit_layer.tolist()
+            assert out.labels.tolist() == labels.tolist()
+            numpy.testing.assert_allclose(out.exit_logits.numpy(), logits, atol=1e-4)
+            n_mixed += mixed_spans(batch, exit_layer)
+    assert masks and all(mask is None for mask in masks)
+    assert n_mixed >= 2
+
+
 def test_window_includes_exited_matters_only_with_falling_threshold() -> None:
     """With a constant (or rising) threshold an exited word's frozen
     uncertainty is below every later threshold, so counting it changes
