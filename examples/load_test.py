@@ -23,6 +23,7 @@ import http.client
 import json
 import os
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -161,10 +162,11 @@ def start_server(pipeline: str, extra: List[str]) -> Tuple[subprocess.Popen, int
     process = subprocess.Popen([sys.executable, str(HERE / "serve.py"), pipeline, "--port", "0", *extra],
                                stdout=subprocess.PIPE, text=True, env=env)
     line = process.stdout.readline()
-    if not line.startswith("listening on"):
+    found = re.match(r"listening on http://[^\s]+:(\d+)", line)
+    if found is None:
         process.kill()
         raise SystemExit(f"the server did not start: {line!r}")
-    return process, int(line.rsplit(":", 1)[1])
+    return process, int(found.group(1))
 
 
 def percentile(values: List[float], q: float) -> float:

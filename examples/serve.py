@@ -1,6 +1,7 @@
 """Serve an early-exit pipeline over HTTP, with micro-batching (stdlib only).
 
-    python examples/serve.py PIPELINE [--host 127.0.0.1] [--port 8080] [--threads 1] [--workers 1]
+    python examples/serve.py PIPELINE [--host 127.0.0.1] [--port 8080] [--threads 1] [--workers 1] \
+        [--precision auto]
 
 POST /annotate  {"texts": ["...", ...], "threshold": 0.2, "exit_mode": "token", "window": 1}
     -> {"docs": [{"text", "tokens": [{"text", "start", "end", <label attrs>, "exit_layer"}],
@@ -39,6 +40,10 @@ thread count of a single worker.
 Memory stays flat on glibc's malloc as it is; jemalloc, preloaded, holds a
 little less resident (docs/production.md).
 
+`--precision` (default: as saved) loads the early-exit components in
+"auto" (this CPU's fast precision), "float32", "bfloat16" or "int8"
+(spacy_earlyexit.load); the first line printed says which runs.
+
 `--no-batching` calls nlp.pipe from every request thread directly
 (concurrently): for comparison in examples/load_test.py only.
 """
@@ -57,11 +62,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy
-import spacy
 import torch
 from spacy.language import Language
 from spacy.tokens import Doc
 
+import spacy_earlyexit
 from spacy_earlyexit.corpus.job import batch_memory_zone, component_cfg, label_attrs, tagger_names
 from spacy_earlyexit.model import ExitSettings
 
@@ -345,6 +350,8 @@ def main(argv: Optional[List[str]] = None) -> None:
                         help="server processes forked after loading, one torch thread each (one per core)")
     parser.add_argument("--wait-ms", type=float, default=5.0, help="how long to collect requests into a batch")
     parser.add_argument("--max-batch-docs", type=int, default=512)
+    parser.add_argument("--precision", default=None, choices=["auto", "float32", "bfloat16", "int8"],
+                        help="what the encoder runs in (default: as the pipeline's config says)")
     parser.add_argument("--no-batching", action="store_true",
                         help="nlp.pipe in every request thread, concurrently (for comparison only)")
     args = parser.parse_args(argv)
@@ -355,12 +362,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.workers > 1 and not hasattr(os, "fork"):
         parser.error("--workers needs os.fork (Linux, macOS); run one server per core behind a load balancer")
     torch.set_num_threads(args.threads)
-    nlp = spacy.load(args.pipeline)
+    nlp = spacy_earlyexit.load(args.pipeline, precision=args.precision)
+    precisions = {name: getattr(nlp.get_pipe(name), "precision", None) for name in nlp.pipe_names}
     forked = args.workers > 1
     server, batcher = make_server(nlp, args.host, args.port, not args.no_batching and not forked, args.wait_ms,
                                   args.max_batch_docs)
     host, port = server.server_address[:2]
-    print(f"listening on http://{host}:{port}", flush=True)
+    running = ", ".join(f"{name}: {value}" for name, value in precisions.items() if value)
+    print(f"listening on http://{host}:{port} ({running or 'no early-exit component'})", flush=True)
     try:
         if forked:
             serve_workers(nlp, server, args.workers, batching=not args.no_batching, wait_ms=args.wait_ms,

@@ -23,8 +23,11 @@ from .pipeline import process  # noqa: E402,F401  (fork handlers for n_process w
 from .model import ExitSettings  # noqa: E402
 from .pipeline.component import EarlyExitTagger  # noqa: E402
 from .pipeline.factory import make_earlyexit_tagger  # noqa: E402
+from .pipeline.load import load  # noqa: E402
 from .visualize import render  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["EarlyExitTagger", "ExitSettings", "make_earlyexit_tagger", "register_extensions", "render", "__version__"]
+__all__ = [
+    "EarlyExitTagger", "ExitSettings", "load", "make_earlyexit_tagger", "register_extensions", "render", "__version__",
+]

@@ -63,14 +63,19 @@ def cpu_model() -> str:
     return "unknown"
 
 
-def load_pipelines(float_path: Path, int8_path: Optional[Path], sm: bool) -> Dict[str, Callable[[str], object]]:
-    """name -> nlp, each pipeline configured for its setting."""
+def load_pipelines(
+    float_path: Path, int8_path: Optional[Path], sm: bool, bfloat16: bool = False,
+) -> Dict[str, Callable[[str], object]]:
+    """name -> nlp, each pipeline configured for its setting; bfloat16: also
+    the float32 pipeline loaded with model.precision "bfloat16"."""
     pipelines: Dict[str, Callable[[str], object]] = {}
-    for precision, path in (("float32", float_path), ("int8", int8_path)):
+    runs = [("float32", float_path), ("bfloat16", float_path if bfloat16 else None), ("int8", int8_path)]
+    for precision, path in runs:
         if path is None:
             continue
         for mode in ("off", "token"):
-            nlp = spacy.load(path)
+            override = {"components": {"earlyexit_tagger": {"model": {"precision": precision}}}}
+            nlp = spacy.load(path, config=override if precision == "bfloat16" else {})
             setting = TOKEN_SETTING if mode == "token" else {"exit_mode": "off"}
             nlp.get_pipe("earlyexit_tagger").configure_exit(**setting)
             pipelines[f"{precision} {mode}"] = nlp
@@ -213,6 +218,7 @@ def main(
     warmup: int = typer.Option(20, "--warmup", help="untimed calls per pipeline first"),
     repeats: int = typer.Option(1, "--repeats", "-r", help="passes over the texts (all times pooled)"),
     sm: bool = typer.Option(True, help="include en_core_web_sm's UPOS path"),
+    bfloat16: bool = typer.Option(False, "--bfloat16", help="also the float32 pipeline run in bfloat16"),
     profile: Optional[Path] = typer.Option(None, "--profile", "-p", help="write a per-stage cProfile breakdown here"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="also write the times as JSON"),
     stages: Optional[Path] = typer.Option(None, "--stage-times", help="write perf_counter stage times and "
@@ -221,7 +227,7 @@ def main(
     torch.set_num_threads(1)
     nlp0 = spacy.blank("en")
     texts = [doc.text for doc in DocBin().from_disk(dev).get_docs(nlp0.vocab)][:n_texts]
-    pipelines = load_pipelines(float_path, int8_path, sm)
+    pipelines = load_pipelines(float_path, int8_path, sm, bfloat16)
     pooled: Dict[str, List[numpy.ndarray]] = {name: [] for name in pipelines}
     for _ in range(repeats):
         for name, values in time_calls(pipelines, texts, warmup).items():

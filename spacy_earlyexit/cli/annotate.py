@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from . import _util
+from ..model.precision import CONFIG_PRECISIONS
 from ._util import Arg, Opt, app, existing_dir, fail
 
 EXIT_MODES = ("off", "sentence", "token")
@@ -61,6 +62,9 @@ def annotate_cli(
     threshold: Optional[float] = Opt(None, "--threshold", show_default="saved", help=THRESHOLD_HELP),
     window: Optional[int] = Opt(None, "--window", min=0, show_default="saved", help=WINDOW_HELP),
     max_layer: Optional[str] = Opt(None, "--max-layer", show_default="saved", help=MAX_LAYER_HELP),
+    precision: Optional[str] = Opt(None, "--precision", show_default="saved",
+                                   help="what the encoder runs in: auto (this CPU's fast path: bfloat16 where "
+                                        "it is fast, int8 for quantized pipelines), float32, bfloat16 or int8"),
     address: Optional[str] = Opt(None, "--address", show_default="a local Ray",
                                  help="--engine ray: an existing Ray cluster (auto, ray://host:10001)"),
     ship_pipeline: Optional[bool] = Opt(None, "--ship-pipeline/--no-ship-pipeline", show_default="with --address",
@@ -94,6 +98,8 @@ def annotate_cli(
                 fail(f"{flag} does nothing without --engine ray")
     if workers is not None and workers < 1:
         fail(f"--workers must be >= 1; got {workers}")
+    if precision is not None and precision not in CONFIG_PRECISIONS:
+        fail(f"--precision must be one of {', '.join(CONFIG_PRECISIONS)}; got {precision!r}")
     overrides = exit_overrides(exit_mode, threshold, window, max_layer)
     existing_dir(pipeline, "PIPELINE")
     if allocator != "system" and _util.PROCESS_ARGV is not None:
@@ -107,7 +113,7 @@ def annotate_cli(
     try:
         result = annotate(
             pipeline, input, output, engine=engine, batch_size=batch_size, workers=workers or 2, threads=threads,
-            exit_overrides=overrides, address=address, ship_pipeline=ship_pipeline, resume=resume,
+            exit_overrides=overrides, precision=precision, address=address, ship_pipeline=ship_pipeline, resume=resume,
             checkpoint_seconds=checkpoint_seconds, progress=not no_progress,
         )
     except ImportError as error:  # the ray engine without ray installed
@@ -119,7 +125,8 @@ def annotate_cli(
     where = f"ray, {workers or 2} workers" if engine == "ray" else "local"
     resumed = f", {result.resumed_docs} of them from the previous run" if result.resumed_docs else ""
     print(f"{input}: {result.n_docs} docs{resumed}, {result.n_tokens} tokens -> {result.output} "
-          f"({where}, exit: {setting}; malloc: {memory.allocator()}; {result.seconds:.1f} s, "
+          f"({where}, exit: {setting}; precision: {result.precision or precision or 'saved'}; "
+          f"malloc: {memory.allocator()}; {result.seconds:.1f} s, "
           f"{(result.n_docs - result.resumed_docs) / max(result.seconds, 1e-9):.1f} docs/s)")
 
 

@@ -44,11 +44,12 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
-import spacy
 import torch
 from spacy.language import Language
 from spacy.util import minibatch
 
+from ..model.precision import CONFIG_PRECISIONS, check_precision
+from ..pipeline.load import load
 from .formats import PathLike, input_records
 from .job import (
     FACTORY, AnnotateResult, batch_memory_zone, check_paths, check_positive, component_cfg, label_attrs,
@@ -69,6 +70,7 @@ def annotate(
     workers: int = 2,
     threads: Optional[int] = None,
     exit_overrides: Optional[Dict[str, Any]] = None,
+    precision: Optional[str] = None,
     address: Optional[str] = None,
     ship_pipeline: Optional[bool] = None,
     resume: bool = False,
@@ -85,6 +87,9 @@ def annotate(
         setting) or of each Ray actor (default 1).
     exit_overrides: exit settings for this run, e.g. {"exit_mode": "token",
         "threshold": 0.2}; default: the pipeline's saved settings.
+    precision: what the early-exit components run in ("auto", "float32",
+        "bfloat16", "int8"; see spacy_earlyexit.model.precision); default: as saved. Only
+        for a pipeline folder (a loaded Language already has its precision).
     address: Ray cluster to connect to ("auto", "ray://host:10001"); default:
         an already initialized Ray, else a local one with workers x threads CPUs.
     ship_pipeline: send the pipeline's files to the actors through the object
@@ -98,9 +103,14 @@ def annotate(
     Raises resume.AnnotateInterrupted on SIGTERM (in the main thread), after
     keeping a resumable partial of a JSONL output.
     """
+    if precision is not None:
+        check_precision(precision, CONFIG_PRECISIONS)
+    if precision is not None and isinstance(pipeline, Language):
+        raise ValueError("precision applies when the pipeline is loaded: give a saved pipeline folder, or load "
+                         "it with spacy_earlyexit.load(path, precision=...)")
     if engine == "local":
         return annotate_local(pipeline, input_path, output_path, batch_size=batch_size, threads=threads,
-                              exit_overrides=exit_overrides, resume=resume,
+                              exit_overrides=exit_overrides, precision=precision, resume=resume,
                               checkpoint_seconds=checkpoint_seconds, progress=progress)
     if engine == "ray":
         if isinstance(pipeline, Language):
@@ -109,7 +119,7 @@ def annotate(
 
         return annotate_ray(pipeline, input_path, output_path, batch_size=batch_size, workers=workers,
                             threads=1 if threads is None else threads, exit_overrides=exit_overrides,
-                            address=address, ship_pipeline=ship_pipeline, resume=resume,
+                            precision=precision, address=address, ship_pipeline=ship_pipeline, resume=resume,
                             checkpoint_seconds=checkpoint_seconds, progress=progress)
     raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
 
@@ -123,6 +133,7 @@ def annotate_local(
     batch_size: int = 1024,
     threads: Optional[int] = None,
     exit_overrides: Optional[Dict[str, Any]] = None,
+    precision: Optional[str] = None,
     resume: bool = False,
     checkpoint_seconds: float = CHECKPOINT_SECONDS,
     progress: bool = True,
@@ -138,7 +149,7 @@ def annotate_local(
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        nlp = pipeline if isinstance(pipeline, Language) else spacy.load(pipeline)
+        nlp = pipeline if isinstance(pipeline, Language) else load(pipeline, precision=precision)
         names = tagger_names(nlp)
         if not names:
             raise ValueError(f"the pipeline has no {FACTORY} component (components: {', '.join(nlp.pipe_names)})")
@@ -167,4 +178,4 @@ def annotate_local(
     finally:
         torch.set_num_threads(previous_threads)
     return AnnotateResult("local", writer.n_docs, writer.n_tokens, time.perf_counter() - start, output_path,
-                          resumed_docs=writer.start_docs)
+                          resumed_docs=writer.start_docs, precision=getattr(nlp.get_pipe(names[0]), "precision", None))

@@ -7,13 +7,12 @@ from pathlib import Path
 from typing import Any, ContextManager, Dict, List, Optional, Sequence, Tuple
 
 from spacy.language import Language
-from spacy.util import load_config
 from tqdm import tqdm
 
 from ..model import ExitSettings
+from ..pipeline.load import FACTORY
 from .formats import AnnotateInputError, PathLike, file_format
 
-FACTORY = "earlyexit_tagger"
 
 
 @dataclass
@@ -28,6 +27,8 @@ class AnnotateResult:
     output: Path
     #: docs of n_docs that a previous, interrupted run had written (resume)
     resumed_docs: int = 0
+    #: what the early-exit components ran in (local engine; None on Ray, whose workers choose)
+    precision: Optional[str] = None
 
 
 
@@ -54,12 +55,6 @@ def batch_memory_zone(nlp: Language) -> ContextManager[Any]:
 def tagger_names(nlp: Language) -> List[str]:
     """Names of the pipeline's components made by the earlyexit_tagger factory."""
     return [name for name in nlp.pipe_names if nlp.get_pipe_meta(name).factory == FACTORY]
-
-
-def config_tagger_names(pipeline: Path) -> List[str]:
-    config = load_config(pipeline / "config.cfg")
-    components = config.get("components", {})
-    return [name for name in config["nlp"]["pipeline"] if components.get(name, {}).get("factory") == FACTORY]
 
 
 def validate_overrides(overrides: Optional[Dict[str, Any]]) -> Dict[str, Any]:

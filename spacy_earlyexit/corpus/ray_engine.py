@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy
-import spacy
 import torch
 from spacy.tokens import Doc
 from spacy.vocab import Vocab
 
+from ..pipeline.load import load, tagger_names_in_config
 from .formats import META_KEY, PathLike, file_format, input_records, serialize_batch
 from .job import (
-    FACTORY, AnnotateResult, check_paths, check_positive, component_cfg, config_tagger_names, label_attrs,
+    FACTORY, AnnotateResult, check_paths, check_positive, component_cfg, label_attrs,
     progress_bar, tagger_names, validate_overrides,
 )
 from .resume import CHECKPOINT_SECONDS, check_resumable, interrupted, open_output, stop_on_sigterm
@@ -51,10 +51,13 @@ class RayAnnotator:
     "payload" (serialize_batch's bytes).
     """
 
-    def __init__(self, pipeline: Any, exit_overrides: Dict[str, Any], output_format: str, threads: int) -> None:
+    def __init__(
+        self, pipeline: Any, exit_overrides: Dict[str, Any], output_format: str, threads: int,
+        precision: Optional[str] = None,
+    ) -> None:
         torch.set_num_threads(threads)
         if isinstance(pipeline, str):
-            self.nlp = spacy.load(pipeline)
+            self.nlp = load(pipeline, precision=precision)
         else:
             import ray
 
@@ -63,7 +66,7 @@ class RayAnnotator:
                     target = Path(folder) / relative
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_bytes(data)
-                self.nlp = spacy.load(folder)
+                self.nlp = load(folder, precision=precision)
         self.component_cfg = component_cfg(tagger_names(self.nlp), exit_overrides)
         self.attrs = label_attrs(self.nlp)
         self.output_format = output_format
@@ -153,6 +156,7 @@ def annotate_ray(
     workers: int = 2,
     threads: int = 1,
     exit_overrides: Optional[Dict[str, Any]] = None,
+    precision: Optional[str] = None,
     address: Optional[str] = None,
     ship_pipeline: Optional[bool] = None,
     resume: bool = False,
@@ -174,7 +178,7 @@ def annotate_ray(
     input_path, output_path, pipeline = Path(input_path), Path(output_path), Path(pipeline)
     check_paths(pipeline, input_path, output_path)
     check_resumable(output_path, resume)
-    if not config_tagger_names(pipeline):
+    if not tagger_names_in_config(pipeline):
         raise ValueError(f"{pipeline}: the pipeline has no {FACTORY} component")
     ray = _import_ray()
     with stop_on_sigterm() as stop, open_output(output_path, input_path, (), pipeline, overrides, resume) as writer:
@@ -197,7 +201,7 @@ def annotate_ray(
             with progress_bar(total, progress, f"ray x{workers}", initial=writer.start_docs) as bar:
                 if refs:
                     rows = _annotated_rows(ray, refs, source, overrides, file_format(output_path), batch_size,
-                                           workers, threads)
+                                           workers, threads, precision)
                     last_checkpoint = time.monotonic()
                     while True:
                         try:
@@ -235,7 +239,8 @@ def annotate_ray(
 
 
 def _annotated_rows(ray, refs: List[Any], source: Any, overrides: Dict[str, Any], output_format: str,
-                    batch_size: int, workers: int, threads: int) -> Iterator[Dict[str, Any]]:
+                    batch_size: int, workers: int, threads: int,
+                    precision: Optional[str] = None) -> Iterator[Dict[str, Any]]:
     """The RayAnnotator output rows of the input blocks, in input order."""
     dataset = ray.data.from_arrow_refs(refs)
     dataset.context.execution_options.preserve_order = True
@@ -247,7 +252,7 @@ def _annotated_rows(ray, refs: List[Any], source: Any, overrides: Dict[str, Any]
         annotated = dataset.map_batches(
             RayAnnotator,
             fn_constructor_kwargs={"pipeline": source, "exit_overrides": overrides, "output_format": output_format,
-                                   "threads": threads},
+                                   "threads": threads, "precision": precision},
             batch_size=batch_size, batch_format="numpy", num_cpus=threads,
             compute=ray.data.ActorPoolStrategy(size=workers),
             max_restarts=ACTOR_MAX_RESTARTS, max_task_retries=TASK_MAX_RETRIES,

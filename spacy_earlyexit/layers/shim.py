@@ -4,6 +4,7 @@ Weights are stored as safetensors, the Hugging Face config as JSON data and
 the tokenizer as its files: loading never unpickles anything and never runs
 remote code.
 """
+import functools
 import re
 import tempfile
 import warnings
@@ -20,7 +21,7 @@ from thinc.util import torch2xp, xp2torch
 from ..model import EarlyExitEncoder
 from ..model.offramp import OffRampHeads
 from ..model.precision import (
-    check_precision, resolve_precision, slow_on_this_cpu, transformer_precision,
+    bfloat16_speedup, check_precision, resolve_precision, slow_on_this_cpu, transformer_precision,
 )
 from ..model.quantization import precision_of, quantize_layers
 from .loading import without_pooler
@@ -203,10 +204,13 @@ class EarlyExitShim(PyTorchShim):
                 f"the saved transformer config (model_type {model_type!r}) cannot be built: {error}"
             ) from error
         saved = msg.get("precision", "float32")
+        shape = encoder.shape
+        measure = functools.partial(bfloat16_speedup, shape.hidden_size, shape.intermediate_size)
         try:
             runtime = resolve_precision(
                 self.precision, saved, device_type=get_torch_default_device().type,
                 cuda_bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+                measure_bfloat16=measure,
             )
         except ValueError as error:
             raise ModelDataError(str(error)) from error
@@ -254,10 +258,14 @@ class EarlyExitShim(PyTorchShim):
         encoder.to(get_torch_default_device())
         self._model = encoder
         self.runtime_precision = runtime
-        if self.precision == "bfloat16" and self.device.type == "cpu" and slow_on_this_cpu("bfloat16"):
+        if (
+            self.precision == "bfloat16" and self.device.type == "cpu"
+            and slow_on_this_cpu("bfloat16", measure_bfloat16=measure)
+        ):
             warnings.warn(
-                "the earlyexit_tagger runs in bfloat16, which is slower than float32 on this CPU (it "
-                "has no AMX units): set precision = \"auto\" or \"float32\" in the model config",
+                "the earlyexit_tagger runs in bfloat16, which is slower than float32 on this CPU (no "
+                "AMX units, and its bfloat16 products measure slower than float32's): set precision "
+                "= \"auto\" or \"float32\" in the model config",
                 UserWarning,
                 stacklevel=2,
             )

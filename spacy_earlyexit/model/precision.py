@@ -6,28 +6,38 @@ A pipeline's weights are saved in one precision ("float32", "bfloat16" or
 load time, no retraining); int8 weights run in int8 only (`quantize` makes
 them). "auto" takes the fast path of the processor it runs on:
 
+- int8 where the weights are int8 (quantized pipelines);
 - bfloat16 where the CPU has AMX tile units (Intel Sapphire Rapids and
   later: a bfloat16 matrix product runs several times faster than float32),
   or on a CUDA device that supports bfloat16;
-- int8 where the weights are int8 (quantized pipelines);
-- float32 otherwise. Without AMX a CPU's bfloat16 products are no faster
-  than float32 (often slower), so "auto" never picks them there.
+- on a CPU with AVX-512 bfloat16 instructions but no AMX, bfloat16 where a
+  product of the encoder's own shape, timed once at load, runs at least
+  `BFLOAT16_MIN_SPEEDUP` times faster than in float32. The flag alone does
+  not tell: some such CPUs run bfloat16 products several times faster than
+  float32, others half as fast;
+- float32 otherwise (bfloat16 without hardware support is emulated, slow).
 
 Only the transformer (embeddings and layers) changes precision: off-ramps and
 the case embedding stay float32, and each off-ramp reads its states cast to
 float32, so the exit rule's uncertainties are computed in float32.
 """
+import statistics
+import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import FrozenSet, Optional
+from typing import Callable, FrozenSet, Optional
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 #: the precisions an encoder's weights can be in and run in
 PRECISIONS = ("float32", "bfloat16", "int8")
 #: what a config may ask for: one of PRECISIONS, or "auto" (see resolve_precision)
 CONFIG_PRECISIONS = PRECISIONS + ("auto",)
+#: on a CPU without AMX, "auto" takes bfloat16 only where its products measure at least this much faster
+BFLOAT16_MIN_SPEEDUP = 1.25
 
 
 @dataclass(frozen=True)
@@ -35,8 +45,8 @@ class CpuFeatures:
     """The processor features that decide the fast precision.
 
     amx: AMX tile units (bfloat16 and int8 matrix products).
-    avx512_bf16: AVX-512 bfloat16 dot products (no faster than float32
-        products without AMX).
+    avx512_bf16: AVX-512 bfloat16 dot products (faster than float32 on some
+        CPUs without AMX, slower on others: measured before use).
     vnni: AVX-512 or AVX VNNI (int8 dot products).
     """
 
@@ -88,6 +98,46 @@ def cpu_features() -> CpuFeatures:
     return CpuFeatures(**found)
 
 
+def bfloat16_speedup(in_features: int, out_features: int, *, rows: int = 256, repetitions: int = 7) -> float:
+    """How many times faster a bfloat16 product than a float32 one on this
+    CPU at torch's current thread count: `x @ w.T` with x (rows, in_features)
+    and w (out_features, in_features), timed in interleaved pairs, median of
+    `repetitions` ratios. Cached per shape and thread count: the first call
+    costs a few dozen milliseconds for a BERT-base-sized layer."""
+    return _timed_bfloat16_speedup(in_features, out_features, rows, repetitions, torch.get_num_threads())
+
+
+@lru_cache(maxsize=16)
+def _timed_bfloat16_speedup(in_features: int, out_features: int, rows: int, repetitions: int, threads: int) -> float:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, in_features, generator=generator)
+    w = torch.randn(out_features, in_features, generator=generator)
+    pairs = ((x, w), (x.bfloat16(), w.bfloat16()))
+    ratios = []
+    with torch.inference_mode():
+        for inputs, weight in pairs:  # warm-up: oneDNN builds its kernels on the first call
+            F.linear(inputs, weight)
+        for _ in range(repetitions):
+            seconds = []
+            for inputs, weight in pairs:
+                start = time.perf_counter()
+                F.linear(inputs, weight)
+                seconds.append(time.perf_counter() - start)
+            ratios.append(seconds[0] / max(seconds[1], 1e-9))
+    return statistics.median(ratios)
+
+
+def cpu_bfloat16_is_fast(features: CpuFeatures, measure: Optional[Callable[[], float]]) -> bool:
+    """Whether bfloat16 products beat float32 ones by BFLOAT16_MIN_SPEEDUP
+    on a CPU with `features`: yes with AMX, no without avx512_bf16 (emulated),
+    otherwise `measure()` decides (a bfloat16_speedup; None: not measured, no)."""
+    if features.amx:
+        return True
+    if not features.avx512_bf16 or measure is None:
+        return False
+    return measure() >= BFLOAT16_MIN_SPEEDUP
+
+
 def check_precision(precision: str, allowed=CONFIG_PRECISIONS) -> None:
     if precision not in allowed:
         raise ValueError(f"precision must be one of {', '.join(allowed)}; got {precision!r}")
@@ -100,12 +150,16 @@ def resolve_precision(
     device_type: str = "cpu",
     features: Optional[CpuFeatures] = None,
     cuda_bf16: bool = False,
+    measure_bfloat16: Optional[Callable[[], float]] = None,
 ) -> str:
     """The precision to run weights saved in `saved` when the config asks
     for `configured`; raises ValueError for what cannot run.
 
     device_type: "cpu" or "cuda"; features: the CPU's (default: this one's);
-    cuda_bf16: whether the CUDA device supports bfloat16.
+    cuda_bf16: whether the CUDA device supports bfloat16; measure_bfloat16:
+    returns the CPU's bfloat16 speed-up over float32 for the encoder's
+    products (bfloat16_speedup), asked only for "auto" on a CPU with
+    avx512_bf16 and no AMX (None: such a CPU runs float32).
     """
     check_precision(configured)
     check_precision(saved, PRECISIONS)
@@ -115,7 +169,7 @@ def resolve_precision(
         if device_type == "cuda":
             return "bfloat16" if cuda_bf16 else "float32"
         features = cpu_features() if features is None else features
-        return "bfloat16" if features.amx else "float32"
+        return "bfloat16" if cpu_bfloat16_is_fast(features, measure_bfloat16) else "float32"
     if configured == "int8" and saved != "int8":
         raise ValueError(
             f"the config asks for precision \"int8\" but the saved weights are {saved}: make int8 "
@@ -129,12 +183,22 @@ def resolve_precision(
     return configured
 
 
-def slow_on_this_cpu(precision: str, features: Optional[CpuFeatures] = None) -> bool:
+def slow_on_this_cpu(
+    precision: str,
+    features: Optional[CpuFeatures] = None,
+    measure_bfloat16: Optional[Callable[[], float]] = None,
+) -> bool:
     """Whether `precision` runs slower than float32 on this CPU: bfloat16
-    without AMX."""
+    without AMX, unless the CPU has avx512_bf16 and `measure_bfloat16()`
+    (a bfloat16_speedup) finds its products at least as fast as float32's."""
     if precision != "bfloat16":
         return False
-    return not (cpu_features() if features is None else features).amx
+    features = cpu_features() if features is None else features
+    if features.amx:
+        return False
+    if not features.avx512_bf16 or measure_bfloat16 is None:
+        return True
+    return measure_bfloat16() < 1.0
 
 
 def transformer_precision(transformer: nn.Module) -> str:

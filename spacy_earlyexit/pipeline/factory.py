@@ -8,7 +8,7 @@ from ..model import ExitSettings
 from ..model.self_sampling import SelfSampling
 from . import schedules  # noqa: F401 (registers the corpus-sized schedule)
 from .component import EarlyExitTagger
-
+from .load import FACTORY
 #: the architecture and settings of the project's NER training recipe;
 #: a partial "model" block in add_pipe's config is merged into it
 DEFAULT_MODEL_CONFIG = """
@@ -42,7 +42,7 @@ DEFAULT_MODEL = Config().from_str(DEFAULT_MODEL_CONFIG)["model"]
 
 
 @Language.factory(
-    "earlyexit_tagger",
+    FACTORY,
     assigns=["doc.ents", "token.ent_iob", "token.ent_type", "token.tag", "token.pos", "token._.exit_layer"],
     default_config={
         "model": DEFAULT_MODEL,

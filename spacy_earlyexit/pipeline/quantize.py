@@ -10,8 +10,8 @@ from typing import List, Optional
 from spacy.language import Language
 
 from ..model.quantization import quantize_layers
+from .load import FACTORY
 
-FACTORY = "earlyexit_tagger"
 
 
 def quantize_pipeline(nlp: Language, dtype: str = "int8", components: Optional[List[str]] = None) -> List[str]:

@@ -131,6 +131,38 @@ def test_local_jsonl_equals_nlp_pipe(pipeline, tmp_path):
     assert not list((tmp_path / "out").glob(".*partial")), "temporary file left behind"
 
 
+def test_precision_loads_the_folder_in_it(pipeline, tmp_path, monkeypatch):
+    from spacy_earlyexit.model import precision as precision_module
+    from spacy_earlyexit.model.precision import CpuFeatures
+
+    monkeypatch.setattr(precision_module, "cpu_features", lambda: CpuFeatures(amx=True, avx512_bf16=True, vnni=True))
+    nlp, folder = pipeline
+    source = write_jsonl(tmp_path / "in.jsonl", TEXTS)
+    saved = annotate(folder, source, tmp_path / "saved.jsonl", progress=False)
+    assert saved.precision == "float32"
+    fast = annotate(folder, source, tmp_path / "fast.jsonl", precision="auto", progress=False)
+    assert fast.precision == "bfloat16"  # auto on a CPU with AMX
+    reference = spacy.load(folder, config={"components": {TAGGER: {"model": {"precision": "bfloat16"}}}})
+    assert without_meta(from_jsonl(tmp_path / "fast.jsonl")) == expected(reference, TEXTS)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        annotate(folder, source, tmp_path / "bad.jsonl", precision="float16", progress=False)
+    with pytest.raises(ValueError, match="precision applies when the pipeline is loaded"):
+        annotate(nlp, source, tmp_path / "bad.jsonl", precision="auto", progress=False)
+    assert not (tmp_path / "bad.jsonl").exists()
+
+
+def test_cli_precision_is_checked_and_reported(pipeline, tmp_path, capsys):
+    _, folder = pipeline
+    source = write_jsonl(tmp_path / "in.jsonl", TEXTS[:2])
+    with pytest.raises(SystemExit, match="error: --precision must be one of float32, bfloat16, int8, auto; "
+                                         "got 'float16'"):
+        main(["annotate", str(folder), str(source), str(tmp_path / "out.jsonl"), "--precision", "float16"])
+    assert not (tmp_path / "out.jsonl").exists()
+    main(["annotate", str(folder), str(source), str(tmp_path / "out.jsonl"), "--precision", "float32",
+          "--no-progress"])
+    assert "precision: float32" in capsys.readouterr().out
+
+
 def test_saved_settings_are_kept_without_overrides(pipeline, tmp_path):
     nlp, folder = pipeline
     assert nlp.get_pipe(TAGGER).exit_settings.exit_mode == "token"
@@ -297,6 +329,19 @@ def test_ray_annotator_in_process(pipeline, ray_cluster):
     assert restored[1].user_data["meta"] == {"id": 1}
     with pytest.raises(RuntimeError, match="not contiguous"):
         annotator({"index": numpy.array([0, 2]), "doc": rows["doc"][:2]})
+
+
+def test_ray_annotator_loads_in_the_precision_asked_for(pipeline, ray_cluster, monkeypatch):
+    from spacy_earlyexit.corpus.ray_engine import RayAnnotator, _pipeline_files
+    from spacy_earlyexit.model import precision as precision_module
+    from spacy_earlyexit.model.precision import CpuFeatures
+
+    monkeypatch.setattr(precision_module, "cpu_features", lambda: CpuFeatures(amx=True, avx512_bf16=True, vnni=True))
+    _, folder = pipeline
+    for source in (str(folder), ray_cluster.put(_pipeline_files(folder))):
+        annotator = RayAnnotator(source, {}, "spacy", 1, precision="auto")
+        assert annotator.nlp.get_pipe(TAGGER).precision == "bfloat16"
+    assert RayAnnotator(str(folder), {}, "spacy", 1).nlp.get_pipe(TAGGER).precision == "float32"
 
 
 def test_ray_engine_equals_nlp_pipe_in_order(pipeline, ray_cluster, tmp_path):

@@ -9,6 +9,8 @@ import spacy
 import torch
 from spacy.training import Example
 
+import spacy_earlyexit
+
 from spacy_earlyexit.layers import shim as shim_module
 from spacy_earlyexit.model import precision as precision_module
 from spacy_earlyexit.model.precision import CpuFeatures
@@ -110,19 +112,46 @@ def test_saved_bfloat16_pipeline_round_trips(saved, tmp_path):
     assert agreement(outputs(as_float)[0], outputs(again)[0]) >= 0.95
 
 
+def measured(monkeypatch, speedup: float) -> list:
+    """bfloat16 products measure `speedup` x float32's; returns the shapes asked for."""
+    asked = []
+
+    def fake(in_features, out_features, **_):
+        asked.append((in_features, out_features))
+        return speedup
+
+    monkeypatch.setattr(shim_module, "bfloat16_speedup", fake)
+    return asked
+
+
 def test_auto_follows_the_processor(saved, monkeypatch):
+    asked = measured(monkeypatch, 0.5)
     assert spacy.load(saved, config=with_precision("auto")).get_pipe(PIPE).precision == "bfloat16"
+    assert asked == []  # AMX: no need to time anything
     monkeypatch.setattr(precision_module, "cpu_features", lambda: CpuFeatures(avx512_bf16=True, vnni=True))
-    assert spacy.load(saved, config=with_precision("auto")).get_pipe(PIPE).precision == "float32"
+    nlp = spacy.load(saved, config=with_precision("auto"))
+    assert nlp.get_pipe(PIPE).precision == "float32"
+    encoder = nlp.get_pipe(PIPE).model.shims[0].encoder
+    assert asked == [(encoder.shape.hidden_size, encoder.shape.intermediate_size)]  # the encoder's FFN product
+    measured(monkeypatch, 3.0)  # avx512_bf16 without AMX, measured fast: bfloat16
+    assert spacy.load(saved, config=with_precision("auto")).get_pipe(PIPE).precision == "bfloat16"
+    monkeypatch.setattr(precision_module, "cpu_features", lambda: CpuFeatures(vnni=True))
+    assert spacy.load(saved, config=with_precision("auto")).get_pipe(PIPE).precision == "float32"  # emulated
 
 
-def test_bfloat16_without_amx_warns(saved, monkeypatch):
+def test_bfloat16_without_amx_warns_where_it_measures_slow(saved, monkeypatch):
     monkeypatch.setattr(precision_module, "cpu_features", lambda: CpuFeatures(avx512_bf16=True))
+    measured(monkeypatch, 0.6)
     with pytest.warns(UserWarning, match="slower than float32 on this CPU"):
         spacy.load(saved, config=with_precision("bfloat16"))
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
-        spacy.load(saved, config=with_precision("auto"))
+        assert spacy.load(saved, config=with_precision("auto")).get_pipe(PIPE).precision == "float32"
+        measured(monkeypatch, 2.0)
+        assert spacy.load(saved, config=with_precision("bfloat16")).get_pipe(PIPE).precision == "bfloat16"
+    monkeypatch.setattr(precision_module, "cpu_features", lambda: CpuFeatures())
+    with pytest.warns(UserWarning, match="slower than float32 on this CPU"):
+        spacy.load(saved, config=with_precision("bfloat16"))
 
 
 def test_training_in_bfloat16_is_refused(saved):
@@ -137,3 +166,24 @@ def test_auto_trains_in_float32(tiny_bert):
     nlp = train_tiny_pipeline(tiny_bert, "ner", 2, model={"precision": "auto"})
     assert nlp.get_pipe(PIPE).precision == "float32"
     assert shim_module.saved_precision(nlp.get_pipe(PIPE).model.shims[0].encoder) == "float32"
+
+
+def test_load_sets_every_earlyexit_component_whatever_its_name(saved, tmp_path):
+    nlp = spacy.load(saved)
+    nlp.rename_pipe(PIPE, "tagger_b")
+    nlp.to_disk(tmp_path / "renamed")
+    fast = spacy_earlyexit.load(tmp_path / "renamed", precision="bfloat16", config={"nlp": {"batch_size": 7}})
+    assert fast.get_pipe("tagger_b").precision == "bfloat16"
+    assert fast.batch_size == 7  # the caller's config is kept
+    assert spacy_earlyexit.load(tmp_path / "renamed").get_pipe("tagger_b").precision == "float32"  # as saved
+    assert outputs(spacy_earlyexit.load(saved, precision="bfloat16")) == outputs(
+        spacy.load(saved, config=with_precision("bfloat16")))
+
+
+def test_load_refuses_what_it_cannot_set(saved, tmp_path):
+    with pytest.raises(ValueError, match="precision must be one of"):
+        spacy_earlyexit.load(saved, precision="float16")
+    spacy.blank("en").to_disk(tmp_path / "blank")
+    with pytest.raises(ValueError, match="has no earlyexit_tagger component"):
+        spacy_earlyexit.load(tmp_path / "blank", precision="auto")
+    assert spacy_earlyexit.load(tmp_path / "blank").pipe_names == []
