@@ -1,8 +1,9 @@
 """`sweep`: exit mode x threshold x window (x schedule, entity rule, depth
 cap) on a dev set, for one or more trained pipelines."""
 from pathlib import Path
-from typing import Any, Callable, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
+from ..model.precision import CONFIG_PRECISIONS
 from ._util import (
     Opt, app, existing_file, fail, floats, ints, load_pipeline, named_paths, set_threads, use_gpu, words,
 )
@@ -49,6 +50,9 @@ def sweep_cli(
                           help="interleave the settings on slices of N docs (0: one batch)"),
     threads: int = Opt(0, "--threads", min=0, help="torch threads (0: torch's default)"),
     gpu_id: int = Opt(-1, "--gpu-id", "-g", help="GPU to run on (-1: CPU)"),
+    precision: Optional[str] = Opt(None, "--precision", show_default="saved",
+                                   help="load the pipelines' encoders in auto, float32, bfloat16 or int8 (time "
+                                        "the precision you will deploy)"),
     bootstrap: int = Opt(1000, "--bootstrap", min=0,
                          help="resamples of the dev docs for each setting's loss interval against exit mode off "
                               "(paired bootstrap; 0: no intervals)"),
@@ -88,9 +92,15 @@ def sweep_cli(
     factors = _parsed(parse_later_factors, later_factors, "--later-factors")
     caps = _parsed(parse_max_layers, max_layers, "--max-layers")
 
+    if precision is not None and precision not in CONFIG_PRECISIONS:
+        fail(f"--precision must be one of {', '.join(CONFIG_PRECISIONS)}; got {precision!r}")
+
     set_threads(threads)
     use_gpu(gpu_id)
-    pipelines = {name: load_pipeline(path, f"--pipeline {name}") for name, path in paths.items()}
+    pipelines = {
+        name: load_pipeline(path, f"--pipeline {name}", config=_precision_config(path, precision))
+        for name, path in paths.items()
+    }
     depths = {nlp.get_pipe("earlyexit_tagger").n_layers for nlp in pipelines.values()}
     if task_default:
         entity_margins = default_entity_margins(pipelines.values())
@@ -111,9 +121,11 @@ def sweep_cli(
         bootstrap=bootstrap, seed=seed,
     )
     result["models"] = {name: str(path) for name, path in paths.items()}
+    result["precisions"] = {name: nlp.get_pipe("earlyexit_tagger").precision for name, nlp in pipelines.items()}
     written = write_results(result, output)
     print(f"\n{result['n_docs']} docs, {result['n_words']} words, {result['repetitions']} repetitions, "
-          f"torch threads {result['torch_threads']}"
+          f"torch threads {result['torch_threads']}, precision "
+          + ", ".join(f"{name} {value}" for name, value in result["precisions"].items())
           + (f", loss intervals from {bootstrap} paired resamples of the dev docs (seed {seed})"
              if result.get("bootstrap") else "") + "\n")
     print(markdown_table(result))
@@ -123,6 +135,20 @@ def sweep_cli(
     print(f"\nwritten: {', '.join(str(p) for p in written.values())}")
     if "png" not in written:
         print(f"plot not drawn: matplotlib is not installed ({PLOT_INSTALL})")
+
+
+def _precision_config(path: Path, precision: Optional[str]) -> Dict[str, Any]:
+    """spacy.load's config override for --precision (empty without it or
+    where config.cfg cannot be read: load_pipeline then reports the folder)."""
+    from ..pipeline.load import precision_overrides, tagger_names_in_config
+
+    if precision is None:
+        return {}
+    try:
+        names = tagger_names_in_config(path)
+    except (OSError, KeyError, ValueError):
+        return {}
+    return precision_overrides(names, precision)
 
 
 def default_entity_margins(pipelines: Iterable[Any]) -> str:

@@ -370,6 +370,22 @@ def test_sweep_without_matplotlib_writes_json_and_markdown(pos_pipeline, dev_fil
     assert sum('pip install "spacy-earlyexit[plot]"' in line for line in printed.splitlines()) == 1
 
 
+def test_sweep_times_the_precision_asked_for(pos_pipeline, dev_file, tmp_path, monkeypatch, capsys):
+    from spacy_earlyexit.model import precision as precision_module
+    from spacy_earlyexit.model.precision import CpuFeatures
+
+    monkeypatch.setattr(precision_module, "cpu_features", lambda: CpuFeatures(amx=True, avx512_bf16=True, vnni=True))
+    stem = tmp_path / "sweep"
+    base = ["sweep", "--pipeline", f"m={pos_pipeline}", "--dev", str(dev_file), "--output", str(stem),
+            "--exit-modes", "token", "--thresholds", "0.5", "--windows", "0", "--repetitions", "1", "--no-progress"]
+    assert run(base + ["--precision", "auto"])[0] == 0
+    assert "precision m bfloat16" in capsys.readouterr().out
+    assert json.loads(stem.with_suffix(".json").read_text())["precisions"] == {"m": "bfloat16"}
+    assert run(base)[0] == 0
+    assert json.loads(stem.with_suffix(".json").read_text())["precisions"] == {"m": "float32"}  # as saved
+    assert_one_line_error(base + ["--precision", "half"], "--precision must be one of", "'half'")
+
+
 @pytest.fixture
 def no_timing(monkeypatch):
     """Fail the test if the sweep times anything."""
