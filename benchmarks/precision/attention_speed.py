@@ -8,24 +8,13 @@ Shapes: (spans, heads 12, active pieces, keys, head size 32), as MiniLM's
 packed layer sees them after exits. Prints ms per call (median of 30).
 """
 import math
-import statistics
-import time
 
 import torch
 from torch.nn import functional as F
 
+from product_speed import median_ms  # this folder's
+
 SHAPES = [(64, 32, 32), (64, 6, 32), (256, 4, 24), (1, 25, 25)]
-
-
-def median_ms(function, repeats: int = 30) -> float:
-    for _ in range(3):
-        function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
 
 
 def plain_attention(q, k, v, mask):
@@ -46,9 +35,9 @@ def main() -> None:
         mask[..., 0] = True
         qb, kb, vb = q.bfloat16(), k.bfloat16(), v.bfloat16()
         with torch.inference_mode():
-            f32 = median_ms(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
-            b16 = median_ms(lambda: F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask))
-            bmm = median_ms(lambda: plain_attention(qb, kb, vb, mask))
+            f32 = median_ms(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask), repeats=30)
+            b16 = median_ms(lambda: F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask), repeats=30)
+            bmm = median_ms(lambda: plain_attention(qb, kb, vb, mask), repeats=30)
         print(f"| {spans} | {active} | {keys} | {f32:.3f} | {b16:.3f} | {bmm:.3f} |")
 
 
