@@ -3,6 +3,7 @@
     python examples/load_test.py PIPELINE [--requests 2000] [--clients 8] [--texts corpus.jsonl|.spacy]
                                  [--texts-per-request 1] [--mixed-settings] [--max-seconds 300]
                                  [--no-batching] [--server-threads 1] [--server-workers 1] [--wait-ms 5]
+                                 [--precision auto]
 
 Starts the server in a subprocess on a free local port, sends at most
 `--requests` requests (and none after `--max-seconds`) from `--clients`
@@ -13,7 +14,10 @@ with --mixed-settings, one of several per request (mixed thresholds and modes).
 Every response is compared with the reference: the same texts through
 nlp.pipe in this process (one call per exit setting, one torch thread), which
 also gives the ratio of the server's words/s to nlp.pipe's. Reports wrong
-responses (0 required: exit status 1 otherwise), docs/s, words/s, latency
+responses (0 required: exit status 1 otherwise; in bfloat16, whose results
+can differ slightly with the batch a doc runs in, a wrong response must only
+differ in the labels or exit layers of some tokens, at most
+BFLOAT16_TOKEN_TOLERANCE of all words; `differing_tokens` counts them), docs/s, words/s, latency
 p50/p90/p99 and the server's memory after the warm-up and at the end: the
 VmRSS of its main process and the PSS (proportional set size: shared pages
 split between the processes that share them) of it and its workers.
@@ -70,6 +74,29 @@ def make_requests(n_requests: int, texts_path: Optional[str], seed: int = 0, tex
     return [{"texts": [rng.choice(pool) for _ in range(rng.randint(low_n, high_n))],
              **(rng.choice(SETTINGS) if mixed_settings else {})}
             for _ in range(n_requests)]
+
+
+#: bfloat16: the share of words whose labels or exit layer may differ from
+#: the reference (a doc's bfloat16 results depend slightly on its batch)
+BFLOAT16_TOKEN_TOLERANCE = 0.001
+
+
+def differing_tokens(got: List[Dict[str, Any]], expected: List[Dict[str, Any]]) -> Optional[int]:
+    """How many tokens of one response differ from the reference in their
+    labels or exit layer; None when the docs differ otherwise (texts, token
+    boundaries, other fields)."""
+    if len(got) != len(expected):
+        return None
+    count = 0
+    for doc, reference in zip(got, expected):
+        same_shape = set(doc) == set(reference) and doc["text"] == reference["text"]
+        if not same_shape or len(doc["tokens"]) != len(reference["tokens"]):
+            return None
+        for token, want in zip(doc["tokens"], reference["tokens"]):
+            if (token["text"], token["start"], token["end"]) != (want["text"], want["start"], want["end"]):
+                return None
+            count += token != want
+    return count
 
 
 def expected_responses(nlp: Any, requests: List[Dict[str, Any]]) -> Tuple[List[List[Dict[str, Any]]], float]:
@@ -222,20 +249,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--server-threads", type=int, default=1, help="the server's torch threads")
     parser.add_argument("--server-workers", type=int, default=1, help="the server's --workers (processes)")
     parser.add_argument("--wait-ms", type=float, default=None, help="the server's --wait-ms")
+    parser.add_argument("--precision", default=None, choices=["auto", "float32", "bfloat16", "int8"],
+                        help="load the pipeline in this precision, in the server and for the reference")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    import spacy
     import torch
+
+    import spacy_earlyexit
 
     torch.set_num_threads(1)
     requests = make_requests(args.requests, args.texts, args.seed, args.texts_per_request, args.mixed_settings)
-    nlp = spacy.load(args.pipeline)
+    nlp = spacy_earlyexit.load(args.pipeline, precision=args.precision)
     expected_responses(nlp, requests[:20])  # warm-up
     expected, pipe_seconds = expected_responses(nlp, requests)
 
     extra = ["--threads", str(args.server_threads), "--workers", str(args.server_workers)]
     extra += ["--no-batching"] if args.no_batching else []
+    extra += ["--precision", args.precision] if args.precision else []
     if args.wait_ms is not None:
         extra += ["--wait-ms", str(args.wait_ms)]
     server, port = start_server(args.pipeline, extra)
@@ -249,12 +280,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         server.wait(timeout=30)
     sent = [i for i, response in enumerate(responses) if response is not None]
     wrong = [i for i in sent if responses[i][0] != 200 or responses[i][1]["docs"] != expected[i]]
+    differing = [differing_tokens(responses[i][1]["docs"], expected[i]) if responses[i][0] == 200 else None
+                 for i in wrong]
     n_docs = sum(len(requests[i]["texts"]) for i in sent)
     n_words = sum(len(doc["tokens"]) for i in sent for doc in expected[i])
     all_words = sum(len(doc["tokens"]) for docs in expected for doc in docs)
     ms = [latencies[i] * 1000 for i in sent] or [0.0]
     server_words_per_s = n_words / wall
     pipe_words_per_s = all_words / pipe_seconds
+    precisions = {name: getattr(nlp.get_pipe(name), "precision", None) for name in nlp.pipe_names}
     print(json.dumps({
         "pipeline": args.pipeline, "batching": not args.no_batching, "clients": args.clients,
         "cpu": cpu_name(), "cores": os.cpu_count(),
@@ -270,8 +304,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         "server_to_nlp_pipe": round(server_words_per_s / pipe_words_per_s, 2),
         "server_rss_mib": {"start": rss_start, "end": rss_end},
         "server_workers": args.server_workers, "server_pss_mib": {"start": pss_start, "end": pss_end},
+        "precision": precisions,
+        "differing_tokens": sum(n for n in differing if n is not None),
     }, indent=1))
-    return 1 if wrong else 0
+    tolerated = (
+        "bfloat16" in precisions.values() and None not in differing
+        and sum(differing) <= BFLOAT16_TOKEN_TOLERANCE * n_words  # type: ignore[arg-type]
+    )
+    return 1 if wrong and not tolerated else 0
 
 
 if __name__ == "__main__":

@@ -148,11 +148,23 @@ EXACT_ROWS = 64
 #: significant bits kept when rounding a row count up (6: less than 1/32 of
 #: the rows are padding, 32 sizes per doubling; 0: no rounding)
 ROW_BUCKET_BITS = 6
+#: bfloat16 rows: exact up to BFLOAT16_EXACT_ROWS, then BFLOAT16_ROW_BUCKET_BITS
+#: significant bits (4 sizes per doubling, less than 1/4 padding) up to
+#: BFLOAT16_COARSE_ROWS, then as float32's. On CPU each bfloat16 product
+#: shape gets a oneDNN primitive of its own (MiniLM's feed-forward product:
+#: ~0.7 MB resident per row count), and a service's small calls run many
+#: row counts below a thousand: with float32's sizes a bfloat16 service grew
+#: by hundreds of MB. Large counts (big batches) keep the fine sizes, where
+#: padding would cost the most.
+BFLOAT16_EXACT_ROWS = 16
+BFLOAT16_ROW_BUCKET_BITS = 3
+BFLOAT16_COARSE_ROWS = 1024
 
 
-def bucket_rows(n_rows: int) -> int:
+def bucket_rows(n_rows: int, dtype: Optional[torch.dtype] = None) -> int:
     """n_rows rounded up to one of a few sizes (ROW_BUCKET_BITS significant
-    bits above EXACT_ROWS).
+    bits above EXACT_ROWS; bfloat16 rows up to BFLOAT16_COARSE_ROWS: see
+    BFLOAT16_EXACT_ROWS).
 
     The per-row work after exits has a new row count at every layer of every
     batch. Rounded up, the products, the activation and the norm see a small
@@ -162,9 +174,13 @@ def bucket_rows(n_rows: int) -> int:
     malloc reuses freed blocks of the same size instead of scattering
     blocks of ever new sizes through its heap (resident memory crept up over
     long streams from both)."""
-    if not ROW_BUCKET_BITS or n_rows <= EXACT_ROWS:
+    if dtype == torch.bfloat16 and n_rows <= BFLOAT16_COARSE_ROWS:
+        exact, bits = BFLOAT16_EXACT_ROWS, BFLOAT16_ROW_BUCKET_BITS
+    else:
+        exact, bits = EXACT_ROWS, ROW_BUCKET_BITS
+    if not bits or n_rows <= exact:
         return n_rows
-    step = 1 << max(0, n_rows.bit_length() - ROW_BUCKET_BITS)
+    step = 1 << max(0, n_rows.bit_length() - bits)
     return -(-n_rows // step) * step
 
 
@@ -179,7 +195,7 @@ def _gather_padded(
     zeros concatenated on; either way its results are dropped (_split).
     Returns ([bucket_rows(total), d], the row count of each source)."""
     counts = [int(index.numel()) if index is not None else int(src.shape[0]) for src, index in zip(sources, indices)]
-    padding = bucket_rows(sum(counts)) - sum(counts)
+    padding = bucket_rows(sum(counts), sources[0].dtype) - sum(counts)
     last = indices[-1]
     if padding and last is not None:
         indices = [*indices[:-1], torch.cat([last, last.new_zeros(padding)])]

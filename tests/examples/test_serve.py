@@ -132,13 +132,29 @@ def test_load_test_checks_every_response_and_reports_memory(load_test, tiny_bert
     pipeline = tmp_path / "pos"
     train_tiny_pipeline(bert, "pos", 0).to_disk(pipeline)
     status = load_test.main([str(pipeline), "--requests", "60", "--clients", "4", "--texts-per-request", "1-3",
-                             "--mixed-settings", "--max-seconds", "120"])
+                             "--mixed-settings", "--max-seconds", "120", "--precision", "float32"])
     report = json.loads(capsys.readouterr().out)
     assert status == 0 and report["wrong"] == 0
+    assert report["precision"] == {"earlyexit_tagger": "float32"}
     assert report["sent"] == 60 and report["docs"] > 60
     assert report["latency_ms"]["p99"] >= report["latency_ms"]["p50"] > 0
     assert report["words_per_s"] > 0 and report["nlp_pipe_words_per_s"] > 0
     assert report["server_rss_mib"]["start"] > 0 and report["server_rss_mib"]["end"] > 0
+
+
+def test_differing_tokens_counts_label_and_exit_changes_only(load_test):
+    def doc(text, tokens):
+        return {"text": text, "tokens": [dict(t) for t in tokens], "ents": [], "early_exit": {}}
+
+    a = {"text": "a", "start": 0, "end": 1, "pos": "DET", "exit_layer": 1}
+    b = {"text": "b", "start": 2, "end": 3, "pos": "NOUN", "exit_layer": 2}
+    reference = [doc("a b", [a, b])]
+    assert load_test.differing_tokens(reference, reference) == 0
+    assert load_test.differing_tokens([doc("a b", [a, {**b, "exit_layer": 3}])], reference) == 1
+    assert load_test.differing_tokens([doc("a b", [{**a, "pos": "X"}, {**b, "pos": "X"}])], reference) == 2
+    assert load_test.differing_tokens([doc("a b", [a, {**b, "end": 2}])], reference) is None  # boundaries
+    assert load_test.differing_tokens([doc("a c", [a, b])], reference) is None
+    assert load_test.differing_tokens([], reference) is None
 
 
 def test_response_record_is_doc_record(serve, nlp):

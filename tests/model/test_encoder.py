@@ -906,6 +906,23 @@ def test_bucket_rows_rounds_up_to_few_sizes() -> None:
     assert len(set(sizes)) == EXACT_ROWS + 32 * 7  # 64, then 32 per doubling up to 8,192
 
 
+def test_bfloat16_rows_round_up_to_fewer_sizes() -> None:
+    """bfloat16 (a oneDNN primitive per product shape): exact up to 16,
+    then less than 1/4 more, 4 sizes per doubling, up to 1,024; above, as
+    float32 (less than 1/32 more); float32 keeps its own."""
+    from spacy_earlyexit.model.packed_layer import BFLOAT16_COARSE_ROWS, BFLOAT16_EXACT_ROWS, bucket_rows
+
+    sizes = [bucket_rows(n, torch.bfloat16) for n in range(1, 8193)]
+    assert sizes[:BFLOAT16_EXACT_ROWS] == list(range(1, 17))
+    for n, size in enumerate(sizes, start=1):
+        assert n <= size < n + n / (4 if n <= BFLOAT16_COARSE_ROWS else 32) + 1
+        assert bucket_rows(size, torch.bfloat16) == size
+    assert sizes == sorted(sizes)
+    assert len({size for size in sizes if size <= 1024}) == 16 + 4 * 6  # 16, then 4 per doubling to 1,024
+    assert {bucket_rows(n, torch.bfloat16) for n in range(1025, 8193)} == {bucket_rows(n) for n in range(1025, 8193)}
+    assert bucket_rows(20, torch.float32) == bucket_rows(20) == 20
+
+
 def test_rounded_rows_train_like_exact_rows(monkeypatch) -> None:
     """With the padding rows in the per-row work, a training pass gives the
     logits and gradients of exact row counts (padding rows take no part)."""
