@@ -72,8 +72,8 @@ def annotate_cli(
                                              "object store"),
     resume: bool = Opt(False, "--resume",
                        help="continue the partial output (OUTPUT.partial) an interrupted run left, after checking "
-                            "the input, pipeline and exit settings are the same (JSONL output only); without it "
-                            "a partial is replaced"),
+                            "the input, pipeline, exit settings and precision are the same (JSONL output only); "
+                            "without it a partial is replaced"),
     checkpoint_seconds: float = Opt(5.0, "--checkpoint-seconds", min=0.0,
                                     help="least time between two checkpoints of a JSONL output's progress, taken "
                                          "at the end of a batch (0: after every batch)"),

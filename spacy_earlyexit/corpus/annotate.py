@@ -154,7 +154,8 @@ def annotate_local(
         if not names:
             raise ValueError(f"the pipeline has no {FACTORY} component (components: {', '.join(nlp.pipe_names)})")
         with stop_on_sigterm() as stop, \
-                open_output(output_path, input_path, label_attrs(nlp), pipeline, overrides, resume) as writer:
+                open_output(output_path, input_path, label_attrs(nlp), pipeline, overrides, resume,
+                            precision) as writer:
             total, records = input_records(input_path, nlp.vocab, writer.start_docs, writer.input_offset,
                                            writer.input_line)
             with progress_bar(total, progress, "local", initial=writer.start_docs) as bar:

@@ -181,7 +181,8 @@ def annotate_ray(
     if not tagger_names_in_config(pipeline):
         raise ValueError(f"{pipeline}: the pipeline has no {FACTORY} component")
     ray = _import_ray()
-    with stop_on_sigterm() as stop, open_output(output_path, input_path, (), pipeline, overrides, resume) as writer:
+    with stop_on_sigterm() as stop, open_output(output_path, input_path, (), pipeline, overrides, resume,
+                                                                  precision) as writer:
         started = not ray.is_initialized()
         if started:
             # the driver's tokenizers have run; Ray forks its processes from here

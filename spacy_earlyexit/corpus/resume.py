@@ -17,7 +17,8 @@ The state holds:
   the input it is given and refuses on any difference; appending to a JSONL
   input is fine (the prefix is all the written docs depend on);
 - "pipeline_sha256" (every file of the pipeline folder, or nlp.to_bytes()),
-  "exit_overrides" and "package_version": a resumed run must use the same;
+  "exit_overrides", "precision" (as asked for: None for the saved one) and
+  "package_version": a resumed run must use the same;
 - "docs", "tokens" and "output_bytes" of the partial at the checkpoint.
 
 On resume the partial is truncated to "output_bytes" (what a kill in the
@@ -133,7 +134,7 @@ class ResumableJsonlWriter:
         other inputs whole.
     attrs: token label attributes of the JSONL records.
     settings: what the output depends on besides the input
-        ({"pipeline_sha256", "exit_overrides", "package_version"}).
+        ({"pipeline_sha256", "exit_overrides", "precision", "package_version"}).
     resume: continue from an existing partial (if there is none: start over).
     After construction, `start_docs`, `start_tokens`, `input_offset` and
     `input_line` say where the run starts.
@@ -190,7 +191,7 @@ class ResumableJsonlWriter:
     def _check_and_restore(self, state: Dict[str, Any]) -> None:
         hint = "run without --resume to start over"
         names = {"exit_overrides": "exit settings", "pipeline_sha256": "pipeline (SHA-256 of its files)",
-                 "package_version": "spacy-earlyexit version"}
+                 "precision": "precision", "package_version": "spacy-earlyexit version"}
         for key, name in names.items():
             if state.get(key) != self.settings[key]:
                 raise ResumeError(f"cannot resume {self.partial}: it was written with another {name} "
@@ -314,12 +315,14 @@ def stop_on_sigterm() -> Iterator[StopRequest]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def run_settings(pipeline: Union[PathLike, Language], exit_overrides: Dict[str, Any]) -> Dict[str, Any]:
+def run_settings(
+    pipeline: Union[PathLike, Language], exit_overrides: Dict[str, Any], precision: Optional[str] = None
+) -> Dict[str, Any]:
     """What a partial output depends on besides its input (see the module docstring)."""
     from .. import __version__
 
     return {"pipeline_sha256": pipeline_sha256(pipeline), "exit_overrides": dict(exit_overrides),
-            "package_version": __version__}
+            "precision": precision, "package_version": __version__}
 
 
 def check_resumable(output_path: Path, resume: bool) -> None:
@@ -341,10 +344,11 @@ def interrupted(reason: str, writer: Any) -> AnnotateInterrupted:
 
 
 def open_output(output_path: Path, input_path: Path, attrs: Sequence[str], pipeline: Union[PathLike, Language],
-                exit_overrides: Dict[str, Any], resume: bool):
+                exit_overrides: Dict[str, Any], resume: bool, precision: Optional[str] = None):
     """The writer for OUTPUT: resumable for JSONL (open_resumable); for .spacy
     formats.open_writer, and `resume` is refused (ResumeError)."""
     check_resumable(output_path, resume)
     if file_format(output_path) != "jsonl":
         return open_writer(output_path, attrs)
-    return open_resumable(output_path, input_path, attrs, run_settings(pipeline, exit_overrides), resume)
+    settings = run_settings(pipeline, exit_overrides, precision)
+    return open_resumable(output_path, input_path, attrs, settings, resume)

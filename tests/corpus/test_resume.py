@@ -164,6 +164,8 @@ def test_resume_refuses_other_settings_pipeline_or_input(folder, interrupted_run
     source, output = interrupted_run
     with pytest.raises(ResumeError, match=r"another exit settings \(\{\}, now \{'threshold': 0.2\}\)"):
         annotate(folder, source, output, exit_overrides={"threshold": 0.2}, resume=True, progress=False)
+    with pytest.raises(ResumeError, match=r"another precision \(None, now 'float32'\)"):
+        annotate(folder, source, output, precision="float32", resume=True, progress=False)
     other_pipeline = tmp_path / "pipeline"
     shutil.copytree(folder, other_pipeline)
     meta = json.loads((other_pipeline / "meta.json").read_text())
