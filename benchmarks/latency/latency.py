@@ -28,6 +28,8 @@ import torch
 import typer
 from spacy.tokens import DocBin
 
+import spacy_earlyexit
+
 #: the token-exit setting that keeps the POS pipeline's accuracy
 TOKEN_SETTING = {"exit_mode": "token", "threshold": 0.05, "window": 0, "threshold_multipliers": [1, 4, 16, 16, 16, 16]}
 
@@ -74,8 +76,7 @@ def load_pipelines(
         if path is None:
             continue
         for mode in ("off", "token"):
-            override = {"components": {"earlyexit_tagger": {"model": {"precision": precision}}}}
-            nlp = spacy.load(path, config=override if precision == "bfloat16" else {})
+            nlp = spacy_earlyexit.load(path, precision="bfloat16" if precision == "bfloat16" else None)
             setting = TOKEN_SETTING if mode == "token" else {"exit_mode": "off"}
             nlp.get_pipe("earlyexit_tagger").configure_exit(**setting)
             pipelines[f"{precision} {mode}"] = nlp

@@ -24,12 +24,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple
 
-import spacy
 import torch
 from spacy.tokens import DocBin
 from torch import nn
 from torch.nn import functional as F
 
+import spacy_earlyexit
 from spacy_earlyexit.layers import early_exit_transformer as layer_module
 from spacy_earlyexit.model import batch_run, families, packed_layer, quantization
 from spacy_earlyexit.model.encoder import EarlyExitEncoder
@@ -116,8 +116,7 @@ def measure(nlp, docs, setting: Dict[str, Any], batch_size: int) -> Dict[str, fl
 
 
 def load(path: str, precision: str):
-    override = {"components": {PIPE: {"model": {"precision": precision}}}} if precision == "bfloat16" else {}
-    nlp = spacy.load(path, config=override)
+    nlp = spacy_earlyexit.load(path, precision="bfloat16" if precision == "bfloat16" else None)
     nlp.get_pipe(PIPE).cfg["score_layers"] = False
     return nlp
 

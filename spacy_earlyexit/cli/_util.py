@@ -203,14 +203,17 @@ def read_json(path: Path, what: str) -> Any:
         fail(f"{what} {path}:{error.lineno}: not JSON ({error.msg}, column {error.colno})")
 
 
-def load_pipeline(path: Path, what: str, *, component: Optional[str] = COMPONENT, **load_options: Any):
-    """spacy.load(path), failing with one line naming `what` when the folder
-    is not a pipeline or (with `component`) has no such component."""
-    import spacy
+def load_pipeline(
+    path: Path, what: str, *, component: Optional[str] = COMPONENT, precision: Optional[str] = None, **load_options: Any
+):
+    """spacy.load(path) (with `precision`: spacy_earlyexit.load), failing with
+    one line naming `what` when the folder is not a pipeline or (with
+    `component`) has no such component."""
+    from ..pipeline.load import load
 
     folder = existing_dir(path, what)
     try:
-        nlp = spacy.load(folder, **load_options)
+        nlp = load(folder, precision=precision, **load_options)
     except (OSError, ValueError, KeyError) as error:
         fail(f"{what} {folder}: not a spaCy pipeline that loads ({one_line(str(error))})")
     if component is not None and component not in nlp.pipe_names:

@@ -1,7 +1,7 @@
 """`sweep`: exit mode x threshold x window (x schedule, entity rule, depth
 cap) on a dev set, for one or more trained pipelines."""
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable, Iterable, List, Optional
 
 from ..model.precision import CONFIG_PRECISIONS
 from ._util import (
@@ -98,7 +98,7 @@ def sweep_cli(
     set_threads(threads)
     use_gpu(gpu_id)
     pipelines = {
-        name: load_pipeline(path, f"--pipeline {name}", config=_precision_config(path, precision))
+        name: load_pipeline(path, f"--pipeline {name}", precision=precision)
         for name, path in paths.items()
     }
     depths = {nlp.get_pipe("earlyexit_tagger").n_layers for nlp in pipelines.values()}
@@ -135,20 +135,6 @@ def sweep_cli(
     print(f"\nwritten: {', '.join(str(p) for p in written.values())}")
     if "png" not in written:
         print(f"plot not drawn: matplotlib is not installed ({PLOT_INSTALL})")
-
-
-def _precision_config(path: Path, precision: Optional[str]) -> Dict[str, Any]:
-    """spacy.load's config override for --precision (empty without it or
-    where config.cfg cannot be read: load_pipeline then reports the folder)."""
-    from ..pipeline.load import precision_overrides, tagger_names_in_config
-
-    if precision is None:
-        return {}
-    try:
-        names = tagger_names_in_config(path)
-    except (OSError, KeyError, ValueError):
-        return {}
-    return precision_overrides(names, precision)
 
 
 def default_entity_margins(pipelines: Iterable[Any]) -> str:

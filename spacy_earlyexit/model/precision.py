@@ -127,15 +127,23 @@ def _timed_bfloat16_speedup(in_features: int, out_features: int, rows: int, repe
     return statistics.median(ratios)
 
 
+def _cpu_bfloat16_speedup(features: CpuFeatures, measure: Optional[Callable[[], float]]) -> Optional[float]:
+    """bfloat16's speed-up over float32 on a CPU with `features`: inf with AMX
+    (not timed), 0 without avx512_bf16 (emulated), else `measure()`; None
+    where it would have to be measured and `measure` is None."""
+    if features.amx:
+        return float("inf")
+    if not features.avx512_bf16:
+        return 0.0
+    return None if measure is None else measure()
+
+
 def cpu_bfloat16_is_fast(features: CpuFeatures, measure: Optional[Callable[[], float]]) -> bool:
     """Whether bfloat16 products beat float32 ones by BFLOAT16_MIN_SPEEDUP
     on a CPU with `features`: yes with AMX, no without avx512_bf16 (emulated),
     otherwise `measure()` decides (a bfloat16_speedup; None: not measured, no)."""
-    if features.amx:
-        return True
-    if not features.avx512_bf16 or measure is None:
-        return False
-    return measure() >= BFLOAT16_MIN_SPEEDUP
+    speedup = _cpu_bfloat16_speedup(features, measure)
+    return speedup is not None and speedup >= BFLOAT16_MIN_SPEEDUP
 
 
 def check_precision(precision: str, allowed=CONFIG_PRECISIONS) -> None:
@@ -193,12 +201,8 @@ def slow_on_this_cpu(
     (a bfloat16_speedup) finds its products at least as fast as float32's."""
     if precision != "bfloat16":
         return False
-    features = cpu_features() if features is None else features
-    if features.amx:
-        return False
-    if not features.avx512_bf16 or measure_bfloat16 is None:
-        return True
-    return measure_bfloat16() < 1.0
+    speedup = _cpu_bfloat16_speedup(cpu_features() if features is None else features, measure_bfloat16)
+    return speedup is None or speedup < 1.0
 
 
 def transformer_precision(transformer: nn.Module) -> str:

@@ -22,22 +22,23 @@ def tagger_names_in_config(pipeline: Path) -> List[str]:
 
 
 def precision_overrides(names: List[str], precision: Optional[str]) -> Dict[str, Any]:
-    """spacy.load's `config` that runs the components `names` in `precision`
-    (one of CONFIG_PRECISIONS; None: as each component's config says)."""
+    """spacy.load's `config` overrides (dot notation) that run the components
+    `names` in `precision` (one of CONFIG_PRECISIONS; None: as each
+    component's config says)."""
     if precision is None:
         return {}
     check_precision(precision, CONFIG_PRECISIONS)
-    return {"components": {name: {"model": {"precision": precision}}} for name in names}
+    return {f"components.{name}.model.precision": precision for name in names}
 
 
 def load(pipeline: Union[str, Path], *, precision: Optional[str] = None, **load_options: Any) -> Language:
     """spacy.load(pipeline), every earlyexit_tagger in `precision`.
 
     precision: "auto" (the fast precision of this processor: see
-    docs/precision.md), "float32", "bfloat16" or "int8" (int8 only for
-    pipelines made by `quantize`); None loads what config.cfg says.
+    spacy_earlyexit.model.precision), "float32", "bfloat16" or "int8" (int8
+    only for pipelines made by `quantize`); None loads what config.cfg says.
     load_options: passed to spacy.load (e.g. exclude); a `config` given there
-    is merged under the precision override.
+    is kept beside the precision override.
     """
     if precision is None:
         return spacy.load(pipeline, **load_options)
@@ -46,16 +47,5 @@ def load(pipeline: Union[str, Path], *, precision: Optional[str] = None, **load_
     if not names:
         raise ValueError(f"{pipeline}: the pipeline has no {FACTORY} component, so precision={precision!r} "
                          "has nothing to set")
-    config = _merged(dict(load_options.pop("config", None) or {}), precision_overrides(names, precision))
+    config = {**(load_options.pop("config", None) or {}), **precision_overrides(names, precision)}
     return spacy.load(pipeline, config=config, **load_options)
-
-
-def _merged(base: Dict[str, Any], extra: Dict[str, Any]) -> Dict[str, Any]:
-    """`base` with `extra` merged in, nested dicts key by key."""
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merged(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
